@@ -1,0 +1,137 @@
+"""The only place where errors become HTTP responses.
+
+Every error body is ``{"error": {"type", "message", "param", "code", "request_id"}}`` — the
+shape of seed 004 and, field for field, of the OpenAI API, so one body serves every surface.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from modelhost.errors import (
+    ConfigError,
+    Conflict,
+    InferenceTimeout,
+    InvalidInput,
+    ModelhostError,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    RegistryError,
+    ServiceError,
+)
+
+#: (status, type) per error class; the first match along the MRO wins.
+_STATUS: dict[type[ModelhostError], tuple[int, str]] = {
+    InvalidInput: (400, "invalid_request_error"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    NotFound: (404, "not_found_error"),
+    ModelNotReady: (503, "model_not_ready"),
+    InferenceTimeout: (504, "timeout_error"),
+    ServiceError: (503, "service_unavailable"),
+    Conflict: (409, "conflict_error"),
+    ConfigError: (400, "invalid_request_error"),
+    RegistryError: (500, "server_error"),
+}
+
+_HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "invalid_request_error",
+}
+
+
+def request_id(request: Request) -> str:
+    """The request's id, set by the request-id middleware."""
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_body(
+    status: int, kind: str, message: str, *, param: str | None, rid: str, code: str | None = None
+) -> Response:
+    """A JSON error response."""
+    body = {
+        "error": {
+            "type": kind,
+            "message": message,
+            "param": param,
+            "code": code or kind,
+            "request_id": rid,
+        }
+    }
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def status_for(exc: ModelhostError) -> tuple[int, str]:
+    """HTTP status and error type of a modelhost error."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500, "server_error"
+
+
+def modelhost_response(exc: ModelhostError, rid: str) -> Response:
+    """The HTTP response of a modelhost error, with Retry-After where it applies."""
+    status, kind = status_for(exc)
+    response = error_body(status, kind, exc.message, param=exc.param, rid=rid)
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry)))
+    return response
+
+
+async def _modelhost(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelhostError)
+    return modelhost_response(exc, request_id(request))
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = _HTTP_TYPES.get(exc.status_code, "http_error")
+    response = error_body(
+        exc.status_code, kind, str(exc.detail), param=None, rid=request_id(request)
+    )
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = _loc(tuple(first.get("loc", ())))
+    message = f"{param}: {first.get('msg', 'invalid')}"
+    return error_body(400, "invalid_request_error", message, param=param, rid=request_id(request))
+
+
+def internal_error(rid: str) -> Response:
+    """The 500 answer to a bug of ours (never to a caller's mistake)."""
+    return error_body(
+        500,
+        "server_error",
+        "internal error; the request id identifies it in the server log",
+        param=None,
+        rid=rid,
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register every exception handler on ``app``."""
+    app.add_exception_handler(ModelhostError, _modelhost)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(RequestValidationError, _validation)

@@ -1,0 +1,42 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from modelhost.api.v1 import json_response
+from modelhost.serving.models import ModelManager, ModelState
+
+
+class Readiness:
+    """Set once start-up (demo build, registry read, first loads) has finished."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.error: str | None = None
+
+
+def build_router(manager: ModelManager, readiness: Readiness) -> APIRouter:
+    """``/healthz`` (the process answers) and ``/readyz`` (start-up loading is over)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @router.get("/readyz", summary="Readiness: start-up loading finished")
+    async def readyz() -> Response:
+        states = {d.ref: d.state.value for d in manager.deployments()}
+        body = {
+            "status": "ready" if readiness.ready else "starting",
+            "models": states,
+            "failed": [ref for ref, s in states.items() if s == ModelState.FAILED.value],
+        }
+        if readiness.error:
+            body["error"] = readiness.error
+        if readiness.ready:
+            return json_response(body)
+        return json_response(body, 503, headers={"Retry-After": "1"})
+
+    return router

@@ -1,0 +1,223 @@
+"""REST v1: model listing and metadata, predict, and load/unload while serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelhost.api.errors import request_id
+from modelhost.errors import InvalidInput, PayloadTooLarge
+from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
+from modelhost.registry import ModelInfo, Stage, VersionInfo
+from modelhost.serving.dataplane import DataPlane, InferenceRequest
+from modelhost.serving.models import Deployment, ModelManager
+
+_JSON = "application/json"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Encode with orjson (numpy arrays allowed)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type=_JSON,
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body is {declared} bytes; this model accepts at most {limit}", param="body"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"request body is over {limit} bytes, the most this model accepts", param="body"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; a malformed one is the caller's 400."""
+    if not body:
+        raise InvalidInput("the request body is empty; send a JSON object", param="body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", param="body") from None
+
+
+def parse_envelope(payload: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Check ``{"inputs": [...], "parameters": {...}}`` and return its two parts."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object with 'inputs'", param="body")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidInput("'inputs' is required and must be an array", param="inputs")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object", param="parameters")
+    unknown = set(payload) - {"inputs", "parameters"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidInput(
+            f"unknown field {name!r}; the body has 'inputs' and 'parameters'", param=name
+        )
+    return inputs, parameters
+
+
+def version_header(model: str, request: Request) -> str | None:
+    """``X-Model-Version``: ``1.1.0``, or the seed's ``name-1.1.0`` form."""
+    value = request.headers.get("x-model-version")
+    if not value:
+        return None
+    base = model.partition("@")[0]
+    return value.removeprefix(f"{base}-")
+
+
+def _state(dep: Deployment | None) -> dict[str, Any]:
+    if dep is None:
+        return {"state": "unloaded"}
+    out: dict[str, Any] = {"state": dep.state.value}
+    if dep.error:
+        out["error"] = dep.error
+    if dep.load_seconds is not None:
+        out["load_seconds"] = round(dep.load_seconds, 3)
+    return out
+
+
+def version_metadata(info: VersionInfo, dep: Deployment | None) -> dict[str, Any]:
+    """Everything a caller may want to know about one version."""
+    manifest = info.manifest
+    meta: dict[str, Any] = {
+        "version": info.version,
+        "stage": info.stage.value,
+        "runtime": info.runtime,
+        "task": manifest.task.value,
+        "created": info.created_at.isoformat(),
+        "created_by": info.created_by,
+        "size_bytes": info.size_bytes,
+        "limits": manifest.limits.model_dump(),
+        "batching": manifest.batching.model_dump(),
+        **_state(dep),
+    }
+    if dep is not None and dep.runtime is not None:
+        meta["runtime_info"] = dep.runtime.metadata()
+    return meta
+
+
+def model_metadata(model: ModelInfo, info: VersionInfo, manager: ModelManager) -> dict[str, Any]:
+    """Seed 004 §3.3.D metadata of ``info``, with every version, stage and alias."""
+    manifest = info.manifest
+    return {
+        "id": model.name,
+        "object": "model",
+        "version": info.version,
+        "created": info.created_at.date().isoformat(),
+        "input_schema": manifest.input_schema,
+        "output_schema": manifest.output_schema,
+        "parameters": manifest.parameters,
+        "max_tokens": manifest.max_tokens,
+        "supported_languages": manifest.supported_languages,
+        "pricing": manifest.pricing.model_dump() if manifest.pricing else None,
+        "limits": manifest.limits.model_dump(),
+        "model_card": manifest.card.model_dump(),
+        "evaluation": manifest.evaluation,
+        "aliases": model.aliases,
+        "stages": {s.value: v.version for s in Stage if (v := model.stage_version(s)) is not None},
+        "versions": [version_metadata(v, manager.deployment(v.ref)) for v in model.versions],
+    }
+
+
+def _listing(model: ModelInfo, manager: ModelManager) -> dict[str, Any]:
+    current = model.stage_version(Stage.PRODUCTION) or (
+        model.versions[0] if model.versions else None
+    )
+    entry: dict[str, Any] = {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": "modelhost",
+        "version": current.version if current else None,
+        "versions": [v.version for v in model.versions],
+        "aliases": model.aliases,
+    }
+    if current is not None:
+        entry["task"] = current.manifest.task.value
+        entry["runtime"] = current.runtime
+        entry.update(_state(manager.deployment(current.ref)))
+    return entry
+
+
+def build_router(plane: DataPlane) -> APIRouter:
+    """The v1 routes, bound to one data plane."""
+    manager = plane.manager
+    router = APIRouter(tags=["v1"])
+
+    @router.get("/v1/models", summary="List models (OpenAI list shape, with modelhost fields)")
+    async def list_models() -> Response:
+        data = [_listing(m, manager) for m in sorted(manager.models(), key=lambda m: m.name)]
+        return json_response({"object": "list", "data": data})
+
+    @router.get("/v1/models/{model}", summary="Model metadata", responses=_ERRORS)
+    async def get_model(model: str, request: Request) -> Response:
+        name, _, pinned = model.partition("@")
+        info = await manager.resolve(name, version_header(model, request) or pinned or None)
+        return json_response(model_metadata(await manager.model(name), info, manager))
+
+    @router.post(
+        "/v1/models/{model}/predict",
+        summary="Predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(model: str, request: Request) -> Response:
+        ireq = InferenceRequest.for_reference(
+            model, version=version_header(model, request), request_id=request_id(request)
+        )
+        info = await manager.resolve(ireq.model, ireq.version)
+        body = await read_body(request, plane.max_request_bytes(info))
+        ireq.inputs, ireq.parameters = parse_envelope(parse_json(body))
+        ireq.version, ireq.body_bytes = info.version, len(body)
+        response = await plane.infer(ireq)
+        return json_response(response.as_v1(), headers={"X-Model-Version": response.version})
+
+    @router.post(
+        "/v1/models/{model}/versions/{version}/load", summary="Load a version", responses=_ERRORS
+    )
+    async def load(model: str, version: str) -> Response:
+        info = await manager.resolve(model, version)
+        dep = await manager.load(info)
+        status = 200 if dep.error is None else 503
+        return json_response({"model": model, **version_metadata(info, dep)}, status)
+
+    @router.post(
+        "/v1/models/{model}/versions/{version}/unload",
+        summary="Unload a version",
+        responses=_ERRORS,
+    )
+    async def unload(model: str, version: str) -> Response:
+        info = await manager.resolve(model, version)
+        dep = await manager.unload(info.ref)
+        return json_response({"model": model, **version_metadata(info, dep)})
+
+    return router

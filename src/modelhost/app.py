@@ -1,0 +1,114 @@
+"""The composition root: ``create_app(settings)`` builds every object and owns the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from modelhost import __version__
+from modelhost.api import errors as api_errors
+from modelhost.api import health, v1
+from modelhost.api.middleware import RequestIdMiddleware
+from modelhost.config import Settings
+from modelhost.registry import ArtifactStore, Registry, make_engine
+from modelhost.serving.dataplane import DataPlane
+from modelhost.serving.models import ModelManager
+
+log = logging.getLogger("modelhost")
+
+
+@dataclass(slots=True)
+class Services:
+    """Every long-lived object of one server process."""
+
+    settings: Settings
+    registry: Registry
+    manager: ModelManager
+    plane: DataPlane
+
+
+def build_registry(settings: Settings) -> Registry:
+    """The registry over the configured database and the artifact store under ``home``."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Registry(
+        make_engine(settings.resolved_database_url), ArtifactStore(settings.artifact_dir)
+    )
+
+
+def build_services(settings: Settings) -> Services:
+    """Build the object graph (nothing is loaded yet)."""
+    registry = build_registry(settings)
+    threads = settings.inference.threads
+    manager = ModelManager(registry, threads=threads)
+    plane = DataPlane(
+        manager,
+        threads=threads,
+        default_timeout_s=settings.inference.default_timeout_s,
+        default_max_request_bytes=settings.inference.default_max_request_bytes,
+    )
+    return Services(settings=settings, registry=registry, manager=manager, plane=plane)
+
+
+async def _start(services: Services, readiness: health.Readiness) -> None:
+    settings = services.settings
+    try:
+        if settings.demo.enabled:
+            from modelhost.demo import ensure_demo
+
+            await asyncio.to_thread(ensure_demo, services.registry, settings)
+        await services.manager.refresh(load=settings.inference.load_on_start)
+        await services.manager.wait_loaded()
+    except Exception as exc:  # start-up must not kill the server; /readyz reports it
+        log.exception("start-up failed")
+        readiness.error = repr(exc)
+    readiness.ready = True
+    log.info("modelhost ready")
+
+
+async def _refresh_forever(services: Services) -> None:
+    interval = services.settings.inference.refresh_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await services.manager.refresh(load=services.settings.inference.load_on_start)
+        except Exception:  # a database hiccup must not stop refreshing; it is logged
+            log.exception("registry refresh failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI application and everything it serves."""
+    settings = settings or Settings()
+    services = build_services(settings)
+    readiness = health.Readiness()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        start = asyncio.create_task(_start(services, readiness))
+        refresher = asyncio.create_task(_refresh_forever(services))
+        try:
+            yield
+        finally:
+            for task in (start, refresher):
+                task.cancel()
+            await asyncio.gather(start, refresher, return_exceptions=True)
+            await services.manager.close()
+            services.plane.close()
+
+    app = FastAPI(
+        title="modelhost",
+        version=__version__,
+        description="Models as a service: registry, REST v1, OpenAI-compatible and OIP v2 APIs.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.readiness = readiness
+    api_errors.install(app)
+    app.include_router(health.build_router(services.manager, readiness))
+    app.include_router(v1.build_router(services.plane))
+    app.add_middleware(RequestIdMiddleware)
+    return app

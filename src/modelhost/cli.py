@@ -1,0 +1,257 @@
+"""The ``modelhost`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelhost.config import Settings
+from modelhost.errors import ModelhostError
+from modelhost.registry import Registry, Stage
+
+app = typer.Typer(
+    help="modelhost: models as a production service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="The model registry: push, list, show, promote, archive, alias.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def _actor() -> str:
+    try:
+        return os.environ.get("MODELHOST_ACTOR") or getpass.getuser()
+    except OSError:
+        return "unknown"
+
+
+def _registry() -> Registry:
+    from modelhost.app import build_registry
+
+    return build_registry(Settings())
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Server processes on one port.")] = None,
+    demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the HTTP server (the demo models are built on first start)."""
+    import uvicorn
+
+    if host is not None:
+        os.environ["MODELHOST_SERVER__HOST"] = host
+    if port is not None:
+        os.environ["MODELHOST_SERVER__PORT"] = str(port)
+    if workers is not None:
+        os.environ["MODELHOST_SERVER__WORKERS"] = str(workers)
+    if not demo:
+        os.environ["MODELHOST_DEMO__ENABLED"] = "false"
+    settings = Settings()
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    out.print(
+        f"modelhost serving on http://{settings.server.host}:{settings.server.port} "
+        f"(home {settings.home})",
+        highlight=False,
+    )
+    uvicorn.run(
+        "modelhost.app:create_app",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        access_log=settings.server.access_log,
+        log_level=log_level,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@app.command("demo")
+def demo_cmd(
+    force: Annotated[bool, typer.Option(help="Rebuild even if registered.")] = False,
+) -> None:
+    """Build and register the demo models (iris, minilm, gemma-270m)."""
+    from modelhost.demo import ensure_demo
+
+    logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")
+    built = ensure_demo(_registry(), Settings(), force=force)
+    out.print(f"built: {', '.join(built) or 'nothing (already registered)'}")
+
+
+@models_app.command("push")
+def push(
+    directory: Annotated[Path, typer.Argument(help="Version directory with modelhost.yaml.")],
+    stage: Annotated[Stage, typer.Option(help="Stage to register in.")] = Stage.STAGING,
+) -> None:
+    """Validate a model version directory, store its files by sha256 and register it."""
+    if not directory.is_dir():
+        raise _fail(f"{directory} is not a directory")
+    info = _registry().push(directory, actor=_actor(), stage=stage)
+    out.print(
+        f"registered {info.ref} ({info.runtime}, {info.stage.value}, "
+        f"{len(info.files)} files, {info.size_bytes} bytes)",
+        highlight=False,
+    )
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """List models with their versions and stages."""
+    table = Table("model", "version", "stage", "runtime", "aliases", "created")
+    for model in _registry().list_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            aliases.setdefault(version, []).append(alias)
+        for v in model.versions:
+            table.add_row(
+                model.name,
+                v.version,
+                v.stage.value,
+                v.runtime,
+                ", ".join(sorted(aliases.get(v.version, []))),
+                v.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
+    out.print(table)
+
+
+@models_app.command("show")
+def show(
+    model: Annotated[str, typer.Argument(help="Model name, or name@version.")],
+    history: Annotated[bool, typer.Option(help="Also print the change history.")] = True,
+) -> None:
+    """Show a version's manifest (production unless pinned) and the model's history."""
+    registry = _registry()
+    name, _, selector = model.partition("@")
+    info = registry.resolve(name, selector or None)
+    out.print_json(
+        json.dumps(
+            {
+                "model": info.model,
+                "version": info.version,
+                "stage": info.stage.value,
+                "files": info.files,
+                "manifest": info.manifest.model_dump(mode="json"),
+            }
+        )
+    )
+    if history:
+        table = Table("when", "who", "version", "action", "from", "to")
+        for h in registry.history(name):
+            table.add_row(
+                h.at.strftime("%Y-%m-%d %H:%M:%S"),
+                h.actor,
+                h.version or "",
+                h.action,
+                h.from_value or "",
+                h.to_value or "",
+            )
+        out.print(table)
+
+
+@models_app.command("promote")
+def promote(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote.")],
+    stage: Annotated[Stage, typer.Option(help="Target stage.")] = Stage.PRODUCTION,
+) -> None:
+    """Move a version to a stage (production by default; the old production is archived)."""
+    info = _registry().set_stage(model, version, stage, actor=_actor())
+    out.print(f"{info.ref} is now {info.stage.value}", highlight=False)
+
+
+@models_app.command("archive")
+def archive(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version to archive.")],
+) -> None:
+    """Archive a version (kept for rollback, no longer loaded)."""
+    info = _registry().set_stage(model, version, Stage.ARCHIVED, actor=_actor())
+    out.print(f"{info.ref} is now archived", highlight=False)
+
+
+@models_app.command("alias")
+def alias(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    name: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[str | None, typer.Argument(help="Version it points to.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
+) -> None:
+    """Point an alias at a version, or remove it with --delete."""
+    registry = _registry()
+    if delete:
+        registry.delete_alias(model, name, actor=_actor())
+        out.print(f"{model}: alias {name} removed", highlight=False)
+        return
+    if version is None:
+        raise _fail("give the VERSION the alias points to, or --delete")
+    registry.set_alias(model, name, version, actor=_actor())
+    out.print(f"{model}@{name} -> {version}", highlight=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model name, or name@version.")],
+    body: Annotated[
+        str,
+        typer.Argument(help='JSON: an input, a list of inputs, or a full {"inputs": [...]} body.'),
+    ],
+    url: Annotated[
+        str, typer.Option(envvar="MODELHOST_URL", help="Server URL.")
+    ] = "http://127.0.0.1:8000",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+) -> None:
+    """Send one predict request to a running server and pretty-print the answer."""
+    import httpx
+
+    try:
+        payload: Any = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"the body is not valid JSON: {exc}") from None
+    if not (isinstance(payload, dict) and "inputs" in payload):
+        payload = {"inputs": payload if isinstance(payload, list) else [payload]}
+    try:
+        response = httpx.post(f"{url}/v1/models/{model}/predict", json=payload, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {url}: {exc}") from None
+    data = response.json()
+    if response.status_code >= 400:
+        error = data.get("error", {})
+        raise _fail(f"{response.status_code} {error.get('type')}: {error.get('message')}")
+    out.print_json(json.dumps(data))
+
+
+def main() -> None:
+    """Entry point: run the app, turning modelhost errors into one line and exit code 1."""
+    try:
+        app(standalone_mode=True)
+    except ModelhostError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The one exception tree of modelhost.
+
+Domain code raises these; ``modelhost.api.errors`` alone turns them into HTTP responses, the
+CLI into one line and a non-zero exit. No HTTP status lives here: the mapping is a transport's
+business.
+
+::
+
+    ModelhostError
+    ├── RequestError                  the caller's request is wrong
+    │   ├── InvalidInput              body, envelope or a field breaks the schema (param = path)
+    │   ├── PayloadTooLarge           body over the model's max_request_bytes
+    │   └── NotFound
+    │       ├── ModelNotFound
+    │       ├── VersionNotFound
+    │       └── JobNotFound
+    ├── ServiceError                  the service cannot answer now
+    │   ├── ModelNotReady             loading, failed or unloaded (retry_after set while loading)
+    │   └── InferenceTimeout          the runtime did not answer within the model's timeout
+    ├── ConfigError                   a manifest or setting is wrong (fields named in the message)
+    │   └── ManifestError
+    ├── RegistryError
+    │   ├── Conflict                  the version exists already, or a stage change is illegal
+    │   └── ArtifactIntegrityError    a stored file no longer matches its sha256
+    ├── RuntimeFailure                a runtime failed while loading or predicting
+    └── MissingDependencyError        an optional extra is not installed (names the extra)
+"""
+
+from __future__ import annotations
+
+
+class ModelhostError(Exception):
+    """Base of every error modelhost raises on purpose."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class RequestError(ModelhostError):
+    """The caller's request is wrong; retrying it unchanged will fail again."""
+
+
+class InvalidInput(RequestError):
+    """The body, the envelope or one field breaks the model's input schema."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is larger than the model accepts."""
+
+
+class NotFound(RequestError):
+    """Something named by the request does not exist."""
+
+
+class ModelNotFound(NotFound):
+    """No model of that name is registered."""
+
+
+class VersionNotFound(NotFound):
+    """The model exists but not the version, alias or stage asked for."""
+
+
+class JobNotFound(NotFound):
+    """No job or batch with that id."""
+
+
+class ServiceError(ModelhostError):
+    """The service cannot answer now; the same request may succeed later."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
+class ModelNotReady(ServiceError):
+    """The model version is loading, failed to load, or is not loaded."""
+
+
+class InferenceTimeout(ServiceError):
+    """The runtime did not answer within the model's timeout."""
+
+
+class ConfigError(ModelhostError):
+    """A setting or a manifest is wrong."""
+
+
+class ManifestError(ConfigError):
+    """A ``modelhost.yaml`` is invalid; the message names each field and the fix."""
+
+
+class RegistryError(ModelhostError):
+    """The registry refused a change."""
+
+
+class Conflict(RegistryError):
+    """The change conflicts with what is registered (duplicate version, illegal stage)."""
+
+
+class ArtifactIntegrityError(RegistryError):
+    """A stored artifact no longer matches the sha256 recorded when it was pushed."""
+
+
+class RuntimeFailure(ModelhostError):
+    """A runtime failed while loading or predicting, through no fault of the caller."""
+
+
+class MissingDependencyError(ModelhostError):
+    """An optional backend is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed: install the extra with `pip install 'modelhost[{extra}]'`"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,233 @@
+"""The ``modelhost.yaml`` manifest of one model version.
+
+A model version is a directory: the manifest plus its artifact files. The layout of seed 004
+§3.4.E is accepted as is: ``model.onnx``, ``tokenizer/``, ``config.yaml``, ``requirements.txt``,
+``evaluation_report.json``, ``training_config.yaml``, ``data_manifest.json`` are stored with
+the version; ``evaluation_report.json`` fills ``evaluation`` when the manifest has none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import semver
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelhost.errors import ManifestError
+
+MANIFEST_FILE = "modelhost.yaml"
+EVALUATION_FILE = "evaluation_report.json"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class RuntimeKind(StrEnum):
+    """Which runtime serves a model version."""
+
+    SKLEARN = "sklearn"  #: a scikit-learn estimator saved with joblib
+    ONNX = "onnx"  #: an ONNX graph run by onnxruntime
+    LLAMACPP = "llamacpp"  #: a GGUF language model run by llama.cpp
+    EMBEDDINGS = "embeddings"  #: a sentence-transformers embedding model
+    PYTHON = "python"  #: a user class named by import path
+
+
+class Task(StrEnum):
+    """What the model does; shapes the results."""
+
+    CLASSIFICATION = "classification"  #: label, score and class probabilities
+    REGRESSION = "regression"  #: one number per input
+    EMBEDDING = "embedding"  #: a vector per input
+    GENERATION = "generation"  #: text per input (LLMs)
+    CUSTOM = "custom"  #: whatever the runtime returns
+
+
+class Limits(BaseModel):
+    """What one request may ask of the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_bytes: int | None = Field(default=None, gt=0)
+    """Largest request body; over it the caller gets 413."""
+    max_batch_items: int = Field(default=256, gt=0)
+    """Most inputs in one request; over it the caller gets 400."""
+    timeout_ms: int | None = Field(default=None, gt=0)
+    """Inference timeout; over it the caller gets 504."""
+
+
+class Batching(BaseModel):
+    """Adaptive batching: concurrent requests merged into one runtime call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=1, gt=0)
+    """Most inputs in one merged runtime call; 1 turns batching off."""
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)
+    """Longest a request waits for others to join its batch."""
+
+
+class ModelCard(BaseModel):
+    """The model card: what the model is for and how it was made."""
+
+    model_config = ConfigDict(extra="allow")
+
+    description: str = ""
+    intended_use: str = ""
+    training_data: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    license: str = ""
+    limitations: str = ""
+
+
+class Pricing(BaseModel):
+    """Optional price list, per unit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+    unit: str = "1k_tokens"
+    currency: str = "USD"
+
+
+class ModelManifest(BaseModel):
+    """One model version as declared in its ``modelhost.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    name: str
+    version: str
+    runtime: RuntimeKind
+    task: Task = Task.CUSTOM
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """Logical name → file path relative to the version directory (e.g. ``model: model.onnx``)."""
+    entrypoint: str | None = None
+    """For the python runtime: ``package.module:ClassName``."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Runtime-specific options (feature names, labels, context size, ...)."""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    """JSON Schema of one item of ``inputs``."""
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    """JSON Schema of one item of ``results``."""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """Default request parameters; a request's ``parameters`` override them."""
+    parameters_schema: dict[str, Any] = Field(default_factory=dict)
+    """JSON Schema of ``parameters`` (after defaults are merged)."""
+    limits: Limits = Field(default_factory=Limits)
+    batching: Batching = Field(default_factory=Batching)
+    card: ModelCard = Field(default_factory=ModelCard)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    pricing: Pricing | None = None
+    supported_languages: list[str] = Field(default_factory=list)
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Context window of a language model, shown in metadata."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit"
+            )
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        try:
+            semver.Version.parse(value)
+        except ValueError:
+            raise ValueError("use a semantic version MAJOR.MINOR.PATCH, e.g. 1.2.0") from None
+        return value
+
+    @field_validator("input_schema", "output_schema", "parameters_schema")
+    @classmethod
+    def _check_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def artifact(self, key: str, default: str | None = None) -> str:
+        """The relative path of the artifact ``key``.
+
+        Raises:
+            ManifestError: the manifest names no such artifact and there is no default.
+        """
+        path = self.artifacts.get(key, default)
+        if path is None:
+            raise ManifestError(
+                f"{self.ref}: field 'artifacts.{key}' is missing: name the file, e.g. "
+                f"'artifacts: {{{key}: model.bin}}'",
+                param=f"artifacts.{key}",
+            )
+        return path
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            msg = "is required: add it to modelhost.yaml"
+        elif item["type"] == "extra_forbidden":
+            msg = "is not a known field: remove it or check its spelling"
+        lines.append(f"field '{loc}': {msg}")
+    return "; ".join(lines)
+
+
+def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> ModelManifest:
+    """Validate a manifest given as a mapping.
+
+    Raises:
+        ManifestError: naming every wrong field and how to fix it.
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{source}: {_describe(exc)}") from None
+
+
+def load_manifest(directory: Path) -> ModelManifest:
+    """Read and validate ``directory/modelhost.yaml``, checking that its artifacts exist.
+
+    Raises:
+        ManifestError: the file is missing, is not YAML, breaks the schema, or names a file
+            that is not in the directory.
+    """
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{directory}: no {MANIFEST_FILE}; every model version needs one")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    manifest = parse_manifest(data, source=str(path))
+    for key, rel in manifest.artifacts.items():
+        if not (directory / rel).exists():
+            raise ManifestError(
+                f"{path}: field 'artifacts.{key}' names {rel!r}, which is not in {directory}",
+                param=f"artifacts.{key}",
+            )
+    evaluation = directory / EVALUATION_FILE
+    if not manifest.evaluation and evaluation.is_file():
+        try:
+            manifest.evaluation = json.loads(evaluation.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{evaluation}: not valid JSON: {exc}") from None
+    return manifest

@@ -1,0 +1,1 @@
+"""Wire models of each protocol (used for documentation and, off the hot path, parsing)."""

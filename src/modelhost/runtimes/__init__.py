@@ -1,0 +1,26 @@
+"""Runtimes: one module per framework behind the :class:`Runtime` ABC."""
+
+from __future__ import annotations
+
+import importlib
+
+from modelhost.manifest import RuntimeKind
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+
+_CLASSES: dict[RuntimeKind, str] = {
+    RuntimeKind.SKLEARN: "modelhost.runtimes.sklearn:SklearnRuntime",
+    RuntimeKind.ONNX: "modelhost.runtimes.onnx:OnnxRuntime",
+    RuntimeKind.LLAMACPP: "modelhost.runtimes.llamacpp:LlamaCppRuntime",
+    RuntimeKind.EMBEDDINGS: "modelhost.runtimes.embeddings:EmbeddingsRuntime",
+    RuntimeKind.PYTHON: "modelhost.runtimes.python:PythonRuntime",
+}
+
+
+def create_runtime(context: RuntimeContext) -> Runtime:
+    """Build (not load) the runtime named by the manifest."""
+    module_name, _, class_name = _CLASSES[context.manifest.runtime].partition(":")
+    cls: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
+    return cls(context)
+
+
+__all__ = ["Prediction", "Runtime", "RuntimeContext", "StreamChunk", "Usage", "create_runtime"]

@@ -1,0 +1,110 @@
+"""The Runtime ABC: what every framework adapter implements.
+
+A runtime is synchronous and owns one loaded model. The data plane calls it from a worker
+thread, never on the event loop; wrappers (batching, caching) hold a runtime rather than
+patch it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelhost.errors import InvalidInput
+from modelhost.manifest import ModelManifest
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token (or item) counts of one call."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output."""
+        return self.input_tokens + self.output_tokens
+
+    def add(self, other: Usage) -> None:
+        """Accumulate another call's counts."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        """The ``usage`` object of a response."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class Prediction:
+    """Results of one runtime call, one per input, in order."""
+
+    results: list[Any]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One piece of a streamed generation."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """What a runtime is given to load: its manifest, its files and its share of the machine."""
+
+    manifest: ModelManifest
+    path: Path
+    threads: int = 1
+
+    def file(self, key: str, default: str | None = None) -> Path:
+        """Absolute path of the artifact ``key`` named in the manifest."""
+        return self.path / self.manifest.artifact(key, default)
+
+
+class Runtime(ABC):
+    """One loaded model behind one interface."""
+
+    #: True when ``stream`` yields tokens.
+    supports_streaming: bool = False
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self.context = context
+        self.manifest = context.manifest
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model into memory; raise to mark the version FAILED."""
+
+    @abstractmethod
+    def predict(self, inputs: list[Any], parameters: dict[str, Any]) -> Prediction:
+        """Run the model on already validated inputs; one result per input."""
+
+    def stream(self, item: Any, parameters: dict[str, Any]) -> Iterator[StreamChunk]:
+        """Stream the result of one input.
+
+        Raises:
+            InvalidInput: the runtime does not stream.
+        """
+        raise InvalidInput(
+            f"{self.manifest.ref} ({self.manifest.runtime.value}) does not stream",
+            param="stream",
+        )
+
+    def unload(self) -> None:  # noqa: B027 - optional hook; most runtimes just drop references
+        """Release memory; the default lets the garbage collector do it."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Runtime facts worth showing in model metadata."""
+        return {}

@@ -1,0 +1,62 @@
+"""A user's own Python class, named by import path in ``entrypoint``.
+
+The class is built with the version directory (``ModelClass(path)``) and needs a
+``predict(inputs, parameters) -> list`` method; ``load()`` and ``unload()`` are optional.
+The version directory is importable, so the code can ship with the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from modelhost.errors import ManifestError, RuntimeFailure
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+
+
+class PythonRuntime(Runtime):
+    """Adapts a plain Python class to the Runtime interface."""
+
+    def __init__(self, context: RuntimeContext) -> None:
+        super().__init__(context)
+        self._model: Any = None
+
+    def load(self) -> None:
+        """Import ``entrypoint``, construct the class, call its ``load`` if it has one."""
+        entry = self.manifest.entrypoint
+        if not entry or ":" not in entry:
+            raise ManifestError(
+                f"{self.manifest.ref}: field 'entrypoint' must be 'package.module:ClassName' "
+                "for the python runtime",
+                param="entrypoint",
+            )
+        module_name, _, class_name = entry.partition(":")
+        root = str(self.context.path)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            raise ManifestError(f"{entry}: module {module_name} has no {class_name}")
+        self._model = cls(self.context.path)
+        if hasattr(self._model, "load"):
+            self._model.load()
+
+    def predict(self, inputs: list[Any], parameters: dict[str, Any]) -> Prediction:
+        """Whatever the class returns, checked to be one result per input."""
+        if self._model is None:
+            raise RuntimeFailure(f"{self.manifest.ref} is not loaded")
+        results = list(self._model.predict(inputs, parameters))
+        if len(results) != len(inputs):
+            raise RuntimeFailure(
+                f"{self.manifest.entrypoint}.predict returned {len(results)} results for "
+                f"{len(inputs)} inputs"
+            )
+        return Prediction(results=results, usage=Usage(input_tokens=len(inputs)))
+
+    def unload(self) -> None:
+        """Call the class's ``unload`` if it has one, then drop it."""
+        if self._model is not None and hasattr(self._model, "unload"):
+            self._model.unload()
+        self._model = None

@@ -1,0 +1,224 @@
+"""Which model versions are loaded, and loading and unloading them while serving.
+
+The manager keeps the registry's routing facts (stages, aliases) in memory so that a request
+never queries the database; a background task refreshes them when the registry changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import fastjsonschema
+
+from modelhost.errors import ModelhostError, ModelNotFound, ModelNotReady
+from modelhost.registry import ModelInfo, Registry, Stage, VersionInfo, resolve_in
+from modelhost.runtimes import Runtime, RuntimeContext, create_runtime
+
+log = logging.getLogger("modelhost.models")
+
+Validator = Callable[[Any], Any]
+
+
+class ModelState(StrEnum):
+    """Where a model version is in its serving life."""
+
+    LOADING = "loading"  #: being loaded; requests get 503 with Retry-After
+    READY = "ready"  #: serving
+    FAILED = "failed"  #: loading failed; the error is kept and requests get 503
+    UNLOADED = "unloaded"  #: known but not in memory
+
+
+@dataclass(slots=True)
+class Deployment:
+    """One model version in this server: its state, runtime and compiled validators."""
+
+    info: VersionInfo
+    state: ModelState = ModelState.UNLOADED
+    runtime: Runtime | None = None
+    error: str | None = None
+    load_seconds: float | None = None
+    input_validator: Validator | None = None
+    parameters_validator: Validator | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return self.info.ref
+
+
+def _compile(schema: dict[str, Any]) -> Validator | None:
+    return fastjsonschema.compile(schema) if schema else None
+
+
+class ModelManager:
+    """Loads, unloads and finds model versions; one per server process."""
+
+    def __init__(self, registry: Registry, *, threads: int) -> None:
+        self.registry = registry
+        self.threads = threads
+        self._models: dict[str, ModelInfo] = {}
+        self._deployments: dict[str, Deployment] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhost-load")
+        self._generation = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def refresh(self, *, load: bool = True) -> bool:
+        """Re-read the registry if it changed; start loading new live versions.
+
+        Returns:
+            True when something changed.
+        """
+        generation = await asyncio.to_thread(self.registry.generation)
+        if generation == self._generation:
+            return False
+        models = await asyncio.to_thread(self.registry.list_models)
+        self._models = {m.name: m for m in models}
+        self._generation = generation
+        for model in models:
+            for version in model.versions:
+                self._sync_version(version, load=load)
+        return True
+
+    def _sync_version(self, version: VersionInfo, *, load: bool) -> None:
+        current = self._deployments.get(version.ref)
+        if current is not None:
+            current.info = version
+        live = version.stage is not Stage.ARCHIVED
+        if load and live and (current is None or current.state is ModelState.UNLOADED):
+            self.start_loading(version)
+        elif not live and current is not None and current.state is ModelState.READY:
+            self._spawn(self.unload(version.ref))
+
+    def models(self) -> list[ModelInfo]:
+        """Every model known to this server."""
+        return list(self._models.values())
+
+    async def model(self, name: str) -> ModelInfo:
+        """One model; a miss re-reads the registry once (it may have been pushed just now).
+
+        Raises:
+            ModelNotFound: not registered.
+        """
+        found = self._models.get(name)
+        if found is None:
+            await self.refresh()
+            found = self._models.get(name)
+        if found is None:
+            raise ModelNotFound(f"model {name!r} is not registered", param="model")
+        return found
+
+    async def resolve(self, name: str, selector: str | None) -> VersionInfo:
+        """The version a request means (see :func:`modelhost.registry.resolve_in`)."""
+        return resolve_in(await self.model(name), selector)
+
+    def deployment(self, ref: str) -> Deployment | None:
+        """The deployment of ``name@version``, if this server knows it."""
+        return self._deployments.get(ref)
+
+    def deployments(self) -> list[Deployment]:
+        """Every deployment."""
+        return list(self._deployments.values())
+
+    def ready_runtime(self, info: VersionInfo) -> Deployment:
+        """The deployment of a version that can serve now.
+
+        A version that is not loaded starts loading. Raises:
+            ModelNotReady: loading (with Retry-After), failed, or just started loading.
+        """
+        dep = self._deployments.get(info.ref)
+        if dep is not None and dep.state is ModelState.READY:
+            return dep
+        if dep is None or dep.state is ModelState.UNLOADED:
+            self.start_loading(info)
+            raise ModelNotReady(
+                f"{info.ref} was not loaded; loading started, retry shortly", retry_after=2
+            )
+        if dep.state is ModelState.LOADING:
+            raise ModelNotReady(f"{info.ref} is loading; retry shortly", retry_after=2)
+        raise ModelNotReady(f"{info.ref} failed to load: {dep.error}")
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def start_loading(self, info: VersionInfo) -> Deployment:
+        """Begin loading in the background (idempotent while loading or ready)."""
+        dep = self._deployments.get(info.ref)
+        if dep is not None and dep.state in (ModelState.LOADING, ModelState.READY):
+            return dep
+        dep = Deployment(info=info, state=ModelState.LOADING)
+        self._deployments[info.ref] = dep
+        self._spawn(self._load(dep))
+        return dep
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _load_sync(self, dep: Deployment) -> Runtime:
+        info = dep.info
+        path = self.registry.store.materialize(info.model, info.version, info.files)
+        runtime = create_runtime(
+            RuntimeContext(manifest=info.manifest, path=path, threads=self.threads)
+        )
+        runtime.load()
+        dep.input_validator = _compile(info.manifest.input_schema)
+        dep.parameters_validator = _compile(info.manifest.parameters_schema)
+        return runtime
+
+    async def _load(self, dep: Deployment) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            runtime = await loop.run_in_executor(self._loader, self._load_sync, dep)
+        except Exception as exc:  # any failure of user code or files marks the version FAILED
+            message = exc.message if isinstance(exc, ModelhostError) else repr(exc)
+            dep.state, dep.error = ModelState.FAILED, message
+            log.error("%s failed to load: %s", dep.ref, message)
+        else:
+            dep.runtime, dep.state, dep.error = runtime, ModelState.READY, None
+            dep.load_seconds = time.perf_counter() - started
+            log.info("%s ready in %.2fs", dep.ref, dep.load_seconds)
+        finally:
+            dep.loaded.set()
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        """Wait until no deployment is loading."""
+        pending = [d.loaded.wait() for d in self._deployments.values() if not d.loaded.is_set()]
+        if pending:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+
+    async def load(self, info: VersionInfo) -> Deployment:
+        """Load a version and wait for the outcome."""
+        dep = self.start_loading(info)
+        await dep.loaded.wait()
+        return dep
+
+    async def unload(self, ref: str) -> Deployment | None:
+        """Unload ``name@version``; requests then get 503 until it is loaded again."""
+        dep = self._deployments.get(ref)
+        if dep is None or dep.state is ModelState.UNLOADED:
+            return dep
+        await dep.loaded.wait()
+        runtime, dep.runtime = dep.runtime, None
+        dep.state = ModelState.UNLOADED
+        dep.loaded = asyncio.Event()
+        if runtime is not None:
+            await asyncio.get_running_loop().run_in_executor(self._loader, runtime.unload)
+        log.info("%s unloaded", ref)
+        return dep
+
+    async def close(self) -> None:
+        """Unload everything and stop the loader."""
+        for ref in list(self._deployments):
+            await self.unload(ref)
+        self._loader.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,220 @@
+"""Shared fixtures: a real server on loopback with the real demo models, real databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+POSTGRES_URL = os.environ.get(
+    "MODELHOST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+ECHO_MODULE = textwrap.dedent(
+    '''
+    import time
+
+
+    class Echo:
+        """Returns its inputs; sleeps when asked, so timeouts can be tested."""
+
+        def __init__(self, path):
+            self.path = path
+
+        def predict(self, inputs, parameters):
+            time.sleep(float(parameters.get("sleep", 0)))
+            return [{"echo": item} for item in inputs]
+
+
+    class Broken:
+        """Fails to load, like a model whose files are wrong."""
+
+        def __init__(self, path):
+            raise RuntimeError("weights are corrupt")
+
+        def predict(self, inputs, parameters):
+            return inputs
+    '''
+)
+
+
+def write_python_model(
+    root: Path, name: str, version: str = "1.0.0", cls: str = "Echo", **extra: Any
+) -> Path:
+    """A python-runtime model version directory whose code ships inside it."""
+    directory = root / f"{name}-{version}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "echo_model.py").write_text(ECHO_MODULE)
+    manifest: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "runtime": "python",
+        "entrypoint": f"echo_model:{cls}",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "maxLength": 20},
+                "n": {"type": "integer", "minimum": 0, "maximum": 5},
+                "tags": {"type": "array", "maxItems": 2},
+                "kind": {"type": "string", "enum": ["a", "b"]},
+            },
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+        "parameters_schema": {
+            "type": "object",
+            "properties": {"sleep": {"type": "number", "minimum": 0, "maximum": 5}},
+        },
+        "limits": {"max_request_bytes": 2048, "max_batch_items": 4, "timeout_ms": 300},
+        **extra,
+    }
+    (directory / "modelhost.yaml").write_text(yaml.safe_dump(manifest))
+    return directory
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def modelhost_env(home: Path) -> dict[str, str]:
+    """Environment of a modelhost process using ``home``."""
+    env = dict(os.environ)
+    env["MODELHOST_HOME"] = str(home)
+    env.pop("MODELHOST_DATABASE_URL", None)
+    return env
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``modelhost`` command."""
+    return subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", *args],
+        env=modelhost_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+class Server:
+    """A ``modelhost serve`` process on loopback."""
+
+    def __init__(self, home: Path, port: int, process: subprocess.Popen[bytes], log: Path):
+        self.home = home
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = process
+        self.log = log
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        """An HTTP client for this server."""
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def wait_state(self, model: str, version: str, state: str, timeout: float = 60) -> None:
+        """Poll metadata until ``model@version`` reaches ``state``."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                response = client.get(f"/v1/models/{model}@{version}")
+                if response.status_code == 200:
+                    versions = {v["version"]: v for v in response.json()["versions"]}
+                    seen = versions.get(version, {}).get("state")
+                    if seen == state:
+                        return
+                time.sleep(0.2)
+        raise AssertionError(f"{model}@{version} stayed {seen}, not {state}")
+
+
+def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600) -> Server:
+    """Start ``modelhost serve`` and wait for /readyz."""
+    port = free_port()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelhost.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            env=modelhost_env(home),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(home, port, process, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(server)
+    raise RuntimeError(f"server not ready: {log.read_text()[-3000:]}")
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server for the session, with the demo models built on its first start, plus
+    test models (echo, slow, broken) pushed through the CLI before it starts."""
+    home = tmp_path_factory.mktemp("home")
+    models = tmp_path_factory.mktemp("models")
+    for directory in (
+        write_python_model(models, "echo"),
+        write_python_model(models, "broken", cls="Broken"),
+    ):
+        result = run_cli(home, "models", "push", str(directory), "--stage", "production")
+        assert result.returncode == 0, result.stderr
+    started = start_server(home, home / "server.log")
+    yield started
+    stop_server(started)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """HTTP client bound to the session server."""
+    with server.client() as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def iris_data() -> tuple[Any, Any]:
+    """scikit-learn's bundled iris data."""
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x, y
