@@ -113,9 +113,18 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 class Server:
     """A ``modelhost serve`` process on loopback."""
 
-    def __init__(self, home: Path, port: int, process: subprocess.Popen[bytes], log: Path):
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        process: subprocess.Popen[bytes],
+        log: Path,
+        grpc_port: int = 0,
+    ):
         self.home = home
         self.port = port
+        self.grpc_port = grpc_port
+        """Port of the OIP v2 gRPC service (0: off)."""
         self.url = f"http://127.0.0.1:{port}"
         self.process = process
         self.log = log
@@ -143,6 +152,7 @@ class Server:
 def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600) -> Server:
     """Start ``modelhost serve`` and wait for /readyz."""
     port = free_port()
+    grpc_port = free_port()
     with log.open("wb") as handle:
         process = subprocess.Popen(
             [
@@ -154,6 +164,8 @@ def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600)
                 "127.0.0.1",
                 "--port",
                 str(port),
+                "--grpc-port",
+                str(grpc_port),
                 *extra,
             ],
             env=modelhost_env(home),
@@ -161,7 +173,7 @@ def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(home, port, process, log)
+    server = Server(home, port, process, log, grpc_port)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -7,17 +7,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from modelhost import __version__
 from modelhost.api import errors as api_errors
 from modelhost.api import health, v1
+from modelhost.api import metrics as metrics_api
+from modelhost.api import openai as openai_api
+from modelhost.api import v2 as v2_api
 from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.config import Settings
+from modelhost.errors import MissingDependencyError
+from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import ModelManager
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("modelhost")
 
@@ -30,6 +39,7 @@ class Services:
     registry: Registry
     manager: ModelManager
     plane: DataPlane
+    metrics: Metrics
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -45,13 +55,18 @@ def build_services(settings: Settings) -> Services:
     registry = build_registry(settings)
     threads = settings.inference.threads
     manager = ModelManager(registry, threads=threads)
+    metrics = Metrics()
+    metrics.watch_model_versions(manager.state_counts)
     plane = DataPlane(
         manager,
         threads=threads,
         default_timeout_s=settings.inference.default_timeout_s,
         default_max_request_bytes=settings.inference.default_max_request_bytes,
+        metrics=metrics,
     )
-    return Services(settings=settings, registry=registry, manager=manager, plane=plane)
+    return Services(
+        settings=settings, registry=registry, manager=manager, plane=plane, metrics=metrics
+    )
 
 
 async def _start(services: Services, readiness: health.Readiness) -> None:
@@ -80,6 +95,25 @@ async def _refresh_forever(services: Services) -> None:
             log.exception("registry refresh failed")
 
 
+async def _start_grpc(services: Services, readiness: health.Readiness) -> grpc.aio.Server | None:
+    """Start the OIP v2 gRPC service in this event loop, unless it is off or not installed."""
+    server = services.settings.server
+    if not server.grpc_port:
+        return None
+    try:
+        from modelhost.grpc.server import start_server
+    except MissingDependencyError as exc:
+        log.warning("gRPC is off: %s", exc.message)
+        return None
+    return await start_server(
+        services.plane,
+        readiness,
+        host=server.host,
+        port=server.grpc_port,
+        reuse_port=server.workers > 1,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI application and everything it serves."""
     settings = settings or Settings()
@@ -88,11 +122,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        grpc_server = await _start_grpc(services, readiness)
         start = asyncio.create_task(_start(services, readiness))
         refresher = asyncio.create_task(_refresh_forever(services))
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             for task in (start, refresher):
                 task.cancel()
             await asyncio.gather(start, refresher, return_exceptions=True)
@@ -110,5 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(health.build_router(services.manager, readiness))
     app.include_router(v1.build_router(services.plane))
+    app.include_router(metrics_api.build_router(services.metrics))
+    app.include_router(openai_api.build_router(services.plane))
+    app.include_router(v2_api.build_router(services.plane, readiness))
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -53,6 +53,9 @@ def _fail(message: str) -> typer.Exit:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC (Open Inference Protocol v2) port; 0 turns it off.")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Server processes on one port.")] = None,
     demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
@@ -64,6 +67,8 @@ def serve(
         os.environ["MODELHOST_SERVER__HOST"] = host
     if port is not None:
         os.environ["MODELHOST_SERVER__PORT"] = str(port)
+    if grpc_port is not None:
+        os.environ["MODELHOST_SERVER__GRPC_PORT"] = str(grpc_port)
     if workers is not None:
         os.environ["MODELHOST_SERVER__WORKERS"] = str(workers)
     if not demo:

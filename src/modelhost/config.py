@@ -27,6 +27,8 @@ class ServerSettings(BaseModel):
     """Interface to bind; ``0.0.0.0`` to listen on every interface."""
     port: int = 8000
     """TCP port of the HTTP API."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol v2 gRPC service (on ``host``); 0 turns it off."""
     workers: int = 1
     """Server processes sharing the port."""
     access_log: bool = False

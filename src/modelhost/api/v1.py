@@ -192,7 +192,10 @@ def build_router(plane: DataPlane) -> APIRouter:
     )
     async def predict(model: str, request: Request) -> Response:
         ireq = InferenceRequest.for_reference(
-            model, version=version_header(model, request), request_id=request_id(request)
+            model,
+            version=version_header(model, request),
+            request_id=request_id(request),
+            protocol="v1",
         )
         info = await manager.resolve(ireq.model, ireq.version)
         body = await read_body(request, plane.max_request_bytes(info))

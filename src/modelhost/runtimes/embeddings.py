@@ -41,7 +41,10 @@ class EmbeddingsRuntime(Runtime):
         self._model = SentenceTransformer(
             str(self.context.file("model", ".")), device="cpu", local_files_only=True
         )
-        dims = self._model.get_sentence_embedding_dimension()
+        get_dims = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        dims = get_dims()
         self.dimensions = int(dims or 0)
 
     def count_tokens(self, texts: list[str]) -> int:

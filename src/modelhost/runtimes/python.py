@@ -9,10 +9,32 @@ from __future__ import annotations
 
 import importlib
 import sys
+import sysconfig
 from typing import Any
 
 from modelhost.errors import ManifestError, RuntimeFailure
 from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+
+
+def _installed_prefixes() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+
+
+def _import_fresh(module_name: str, root: str) -> Any:
+    """Import ``module_name`` from ``root``, even if another model version's module of the same
+    name was imported before (two versions commonly ship the same ``model.py``)."""
+    top = module_name.split(".")[0]
+    installed = _installed_prefixes()
+    for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if origin and not origin.startswith(root) and not origin.startswith(installed):
+            del sys.modules[name]
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 class PythonRuntime(Runtime):
@@ -32,10 +54,7 @@ class PythonRuntime(Runtime):
                 param="entrypoint",
             )
         module_name, _, class_name = entry.partition(":")
-        root = str(self.context.path)
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        module = importlib.import_module(module_name)
+        module = _import_fresh(module_name, str(self.context.path))
         cls = getattr(module, class_name, None)
         if cls is None:
             raise ManifestError(f"{entry}: module {module_name} has no {class_name}")

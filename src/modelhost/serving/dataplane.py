@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastjsonschema import JsonSchemaValueException
 
-from modelhost.errors import InferenceTimeout, InvalidInput, PayloadTooLarge
+from modelhost.errors import InferenceTimeout, InvalidInput, PayloadTooLarge, VersionNotFound
+from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
+from modelhost.serving.batching import AdaptiveBatcher, batching_enabled, observed_predict
 from modelhost.serving.models import Deployment, ModelManager, Validator
 
 _DONE = object()
@@ -37,6 +39,8 @@ class InferenceRequest:
     request_id: str = ""
     body_bytes: int = 0
     """Size of the request body, checked against the model's ``max_request_bytes``."""
+    protocol: str = ANY_PROTOCOL
+    """The transport's name (``v1``, ``openai``, ``v2``, ...), the ``protocol`` metrics label."""
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -108,10 +112,12 @@ class DataPlane:
         threads: int,
         default_timeout_s: float,
         default_max_request_bytes: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.manager = manager
         self.default_timeout_s = default_timeout_s
         self.default_max_request_bytes = default_max_request_bytes
+        self.metrics = metrics if metrics is not None else Metrics()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelhost-infer")
 
     async def prepare(self, request: InferenceRequest) -> tuple[Deployment, dict[str, Any]]:
@@ -121,6 +127,12 @@ class DataPlane:
             The ready deployment and the merged parameters.
         """
         info = await self.manager.resolve(request.model, request.version)
+        return self.admit(info, request)
+
+    def admit(
+        self, info: VersionInfo, request: InferenceRequest
+    ) -> tuple[Deployment, dict[str, Any]]:
+        """Check that a resolved version serves, check limits and validate the inputs."""
         dep = self.manager.ready_runtime(info)
         parameters = self.validate(info, dep, request)
         return dep, parameters
@@ -180,12 +192,18 @@ class DataPlane:
             ) from None
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through the whole path."""
-        dep, parameters = await self.prepare(request)
-        runtime = dep.runtime
-        assert runtime is not None  # ready_runtime returned a READY deployment
-        prediction: Prediction = await self.run(
-            lambda: runtime.predict(request.inputs, parameters), dep.info
+        """Run one request through the whole path, recording its metrics."""
+        started = time.perf_counter()
+        info: VersionInfo | None = None
+        try:
+            info = await self.manager.resolve(request.model, request.version)
+            dep, parameters = self.admit(info, request)
+            prediction = await self.predict(dep, request.inputs, parameters)
+        except BaseException as exc:  # counted, then raised unchanged
+            self._failed(request, info, exc)
+            raise
+        self.metrics.deployment(dep.info.model, dep.info.version, request.protocol).answered(
+            time.perf_counter() - started
         )
         return InferenceResponse(
             id=new_id("pred"),
@@ -196,6 +214,47 @@ class DataPlane:
             usage=prediction.usage,
         )
 
+    async def predict(
+        self, dep: Deployment, inputs: list[Any], parameters: dict[str, Any]
+    ) -> Prediction:
+        """Run validated inputs on a ready deployment, through its batcher when it has one."""
+        batcher = dep.batcher if dep.batcher is not None else self._attach_batcher(dep)
+        if batcher is not None:
+            return await batcher.submit(inputs, parameters)
+        runtime = dep.runtime
+        assert runtime is not None  # ready_runtime returned a READY deployment
+        observe = self.metrics.deployment(dep.info.model, dep.info.version).runtime_call
+        prediction: Prediction = await self.run(
+            lambda: observed_predict(runtime, inputs, parameters, observe), dep.info
+        )
+        return prediction
+
+    def _attach_batcher(self, dep: Deployment) -> AdaptiveBatcher | None:
+        """Wrap a deployment's runtime in a batcher if its manifest asks for batching.
+
+        Done on the first request after loading; ``ModelManager.unload`` closes it.
+        """
+        config = dep.info.manifest.batching
+        if dep.runtime is None or not batching_enabled(config):
+            return None
+        dep.batcher = AdaptiveBatcher(
+            dep.runtime,
+            config,
+            run=lambda fn: self.run(fn, dep.info),
+            observe=self.metrics.deployment(dep.info.model, dep.info.version).runtime_call,
+        )
+        return dep.batcher
+
+    def _failed(
+        self, request: InferenceRequest, info: VersionInfo | None, exc: BaseException
+    ) -> None:
+        if info is not None:
+            self.metrics.failed(info.model, info.version, request.protocol, exc)
+        elif isinstance(exc, VersionNotFound):  # the model exists, so its name is a safe label
+            self.metrics.failed(request.model, None, request.protocol, exc)
+        else:
+            self.metrics.failed(None, None, request.protocol, exc)
+
     async def stream(
         self, request: InferenceRequest
     ) -> tuple[VersionInfo, AsyncIterator[StreamChunk]]:
@@ -204,14 +263,43 @@ class DataPlane:
         Errors found before generation starts are raised here, so a transport can still answer
         with a status code; the iterator is consumed by the transport.
         """
-        dep, parameters = await self.prepare(request)
-        runtime = dep.runtime
-        assert runtime is not None
-        if not runtime.supports_streaming:
-            raise InvalidInput(f"{dep.ref} does not stream", param="stream")
-        return dep.info, self._pump(lambda: runtime.stream(request.inputs[0], parameters))
+        started = time.perf_counter()
+        info: VersionInfo | None = None
+        try:
+            info = await self.manager.resolve(request.model, request.version)
+            dep, parameters = self.admit(info, request)
+            runtime = dep.runtime
+            assert runtime is not None
+            if not runtime.supports_streaming:
+                raise InvalidInput(f"{dep.ref} does not stream", param="stream")
+        except BaseException as exc:  # counted, then raised unchanged
+            self._failed(request, info, exc)
+            raise
+        chunks = self._pump(lambda: runtime.stream(request.inputs[0], parameters))
+        return dep.info, self._observed(chunks, request, dep.info, started)
 
-    async def _pump(self, make: Callable[[], Any]) -> AsyncIterator[StreamChunk]:
+    async def _observed(
+        self,
+        chunks: AsyncGenerator[StreamChunk, None],
+        request: InferenceRequest,
+        info: VersionInfo,
+        started: float,
+    ) -> AsyncIterator[StreamChunk]:
+        """Pass chunks through; count the stream when it ends (a consumer leaving is
+        ``cancelled``)."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except BaseException as exc:  # counted, then raised unchanged
+            self.metrics.failed(info.model, info.version, request.protocol, exc)
+            raise
+        finally:
+            await chunks.aclose()
+        self.metrics.deployment(info.model, info.version, request.protocol).answered(
+            time.perf_counter() - started
+        )
+
+    async def _pump(self, make: Callable[[], Any]) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = False

@@ -13,13 +13,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 
 from modelhost.errors import ModelhostError, ModelNotFound, ModelNotReady
 from modelhost.registry import ModelInfo, Registry, Stage, VersionInfo, resolve_in
 from modelhost.runtimes import Runtime, RuntimeContext, create_runtime
+
+if TYPE_CHECKING:
+    from modelhost.serving.batching import AdaptiveBatcher
 
 log = logging.getLogger("modelhost.models")
 
@@ -47,6 +50,9 @@ class Deployment:
     input_validator: Validator | None = None
     parameters_validator: Validator | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    batcher: AdaptiveBatcher | None = None
+    """Wraps ``runtime`` when the manifest asks for batching; set by the data plane on first
+    use, closed (drained) here on unload."""
 
     @property
     def ref(self) -> str:
@@ -129,6 +135,13 @@ class ModelManager:
         """Every deployment."""
         return list(self._deployments.values())
 
+    def state_counts(self) -> dict[str, int]:
+        """How many deployments are in each state (every state listed, zeros included)."""
+        counts = dict.fromkeys((state.value for state in ModelState), 0)
+        for dep in self._deployments.values():
+            counts[dep.state.value] += 1
+        return counts
+
     def ready_runtime(self, info: VersionInfo) -> Deployment:
         """The deployment of a version that can serve now.
 
@@ -210,8 +223,11 @@ class ModelManager:
             return dep
         await dep.loaded.wait()
         runtime, dep.runtime = dep.runtime, None
+        batcher, dep.batcher = dep.batcher, None
         dep.state = ModelState.UNLOADED
         dep.loaded = asyncio.Event()
+        if batcher is not None:  # answer the requests already waiting before the model goes
+            await batcher.close()
         if runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self._loader, runtime.unload)
         log.info("%s unloaded", ref)

@@ -1,0 +1,19 @@
+"""``GET /metrics``: every Prometheus metric of this process, in the text exposition format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from modelhost.monitoring.metrics import Metrics
+
+
+def build_router(metrics: Metrics) -> APIRouter:
+    """The ``/metrics`` route, bound to one :class:`Metrics`."""
+    router = APIRouter(tags=["monitoring"])
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def scrape() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return router

@@ -1,0 +1,35 @@
+"""Model directories built once per session from the demo builders (real models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelhost.demo import build_gemma, build_iris, build_minilm
+from modelhost.manifest import load_manifest
+from modelhost.runtimes import Runtime, RuntimeContext, create_runtime
+
+
+def load_runtime(directory: Path) -> Runtime:
+    """Build and load the runtime of a version directory."""
+    runtime = create_runtime(
+        RuntimeContext(manifest=load_manifest(directory), path=directory, threads=2)
+    )
+    runtime.load()
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def iris_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return build_iris(tmp_path_factory.mktemp("iris"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_minilm(tmp_path_factory.mktemp("minilm"))[0]
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gemma(tmp_path_factory.mktemp("gemma"))[0]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelhost.errors import ManifestError, RuntimeFailure
+from tests.conftest import write_python_model
+from tests.runtimes.conftest import load_runtime
+
+
+def test_user_class_shipped_with_the_model(tmp_path: Path) -> None:
+    runtime = load_runtime(write_python_model(tmp_path, "echo"))
+    assert runtime.predict([{"text": "a"}], {}).results == [{"echo": {"text": "a"}}]
+    runtime.unload()
+    with pytest.raises(RuntimeFailure, match="not loaded"):
+        runtime.predict([{"text": "a"}], {})
+
+
+def test_bad_entrypoint_is_a_manifest_error(tmp_path: Path) -> None:
+    directory = write_python_model(tmp_path, "echo")
+    manifest = yaml.safe_load((directory / "modelhost.yaml").read_text())
+    manifest["entrypoint"] = "echo_model"
+    (directory / "modelhost.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(ManifestError, match=r"package\.module:ClassName"):
+        load_runtime(directory)
+
+
+def test_wrong_number_of_results_is_a_runtime_failure(tmp_path: Path) -> None:
+    directory = write_python_model(tmp_path, "short")
+    (directory / "echo_model.py").write_text(
+        "class Echo:\n    def __init__(self, path):\n        pass\n"
+        "    def predict(self, inputs, parameters):\n        return []\n"
+    )
+    runtime = load_runtime(directory)
+    with pytest.raises(RuntimeFailure, match="returned 0 results for 1 inputs"):
+        runtime.predict([{"text": "a"}], {})
