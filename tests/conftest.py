@@ -230,3 +230,21 @@ def iris_data() -> tuple[Any, Any]:
 
     x, y = load_iris(return_X_y=True)
     return x, y
+
+
+@pytest.fixture(scope="session")
+def expected_labels(iris_data: tuple[Any, Any]) -> list[str]:
+    """What the demo's iris pipeline, trained the same way in this process, predicts for every
+    bundled iris row."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from modelhost.demo import IRIS_LABELS
+
+    x, y = iris_data
+    x_train, _, y_train, _ = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))])
+    pipe.fit(x_train, y_train)
+    return [IRIS_LABELS[int(i)] for i in pipe.predict(x)]

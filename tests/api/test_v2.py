@@ -16,25 +16,6 @@ from modelhost.demo import IRIS_LABELS
 from tests.conftest import Server
 
 
-def sklearn_labels(x: Any, y: Any) -> list[str]:
-    """Labels of the demo's iris pipeline, trained the same way in this process."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_train, _, y_train, _ = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))])
-    pipe.fit(x_train, y_train)
-    return [IRIS_LABELS[int(i)] for i in pipe.predict(x)]
-
-
-@pytest.fixture(scope="module")
-def expected_labels(iris_data: tuple[Any, Any]) -> list[str]:
-    """What scikit-learn predicts for every bundled iris row."""
-    return sklearn_labels(*iris_data)
-
-
 @pytest.fixture
 def http(server: Server) -> Iterator[triton.InferenceServerClient]:
     """A tritonclient HTTP client bound to the session server."""
