@@ -10,6 +10,11 @@ business.
     ├── RequestError                  the caller's request is wrong
     │   ├── InvalidInput              body, envelope or a field breaks the schema (param = path)
     │   ├── PayloadTooLarge           body over the model's max_request_bytes
+    │   ├── UnsupportedMediaType      a body in a content type the endpoint does not read
+    │   ├── Unauthenticated           no credential, or one that is unknown, expired or revoked
+    │   ├── Forbidden                 a valid credential without the scope the action needs
+    │   ├── RateLimited               over a request or token rate (retry_after, limit, reset)
+    │   │   └── BudgetExceeded        the principal's cost budget for the period is spent
     │   └── NotFound
     │       ├── ModelNotFound
     │       ├── VersionNotFound
@@ -48,6 +53,42 @@ class InvalidInput(RequestError):
 
 class PayloadTooLarge(RequestError):
     """The request body is larger than the model accepts."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The body's content type is not one the endpoint reads."""
+
+
+class Unauthenticated(RequestError):
+    """No credential, or one that is unknown, expired or revoked."""
+
+
+class Forbidden(RequestError):
+    """The credential is valid but lacks the scope the action needs."""
+
+
+class RateLimited(RequestError):
+    """Over a rate limit; ``retry_after`` seconds until the window lets the call through."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        limit: int,
+        remaining: int = 0,
+        reset: float = 0.0,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+
+
+class BudgetExceeded(RateLimited):
+    """The principal's cost budget for the current period is spent."""
 
 
 class NotFound(RequestError):

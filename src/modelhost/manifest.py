@@ -58,6 +58,10 @@ class Limits(BaseModel):
     """Most inputs in one request; over it the caller gets 400."""
     timeout_ms: int | None = Field(default=None, gt=0)
     """Inference timeout; over it the caller gets 504."""
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    """Requests per minute each principal may send to this model; over it, 429."""
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    """Tokens (input + output) per minute each principal may use on this model; over it, 429."""
 
 
 class Batching(BaseModel):

@@ -6,6 +6,7 @@ shape of seed 004 and, field for field, of the OpenAI API, so one body serves ev
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -15,20 +16,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from modelhost.errors import (
+    BudgetExceeded,
     ConfigError,
     Conflict,
+    Forbidden,
     InferenceTimeout,
     InvalidInput,
     ModelhostError,
     ModelNotReady,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RegistryError,
     ServiceError,
+    Unauthenticated,
+    UnsupportedMediaType,
 )
 
 #: (status, type) per error class; the first match along the MRO wins.
 _STATUS: dict[type[ModelhostError], tuple[int, str]] = {
+    Unauthenticated: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
+    BudgetExceeded: (429, "budget_exceeded"),
+    RateLimited: (429, "rate_limit_exceeded"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
     InvalidInput: (400, "invalid_request_error"),
     PayloadTooLarge: (413, "payload_too_large"),
     NotFound: (404, "not_found_error"),
@@ -47,6 +58,7 @@ _HTTP_TYPES = {
     404: "not_found_error",
     405: "method_not_allowed",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "invalid_request_error",
 }
 
@@ -86,7 +98,11 @@ def modelhost_response(exc: ModelhostError, rid: str) -> Response:
     response = error_body(status, kind, exc.message, param=exc.param, rid=rid)
     retry = getattr(exc, "retry_after", None)
     if retry is not None:
-        response.headers["Retry-After"] = str(max(1, round(retry)))
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    if isinstance(exc, RateLimited):
+        response.headers["X-RateLimit-Limit"] = str(exc.limit)
+        response.headers["X-RateLimit-Remaining"] = str(exc.remaining)
+        response.headers["X-RateLimit-Reset"] = str(math.ceil(exc.reset))
     return response
 
 
