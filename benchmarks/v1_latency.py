@@ -4,7 +4,9 @@ Prints: time to ready (first start, which builds the iris demo, and a warm resta
 of one iris predict over HTTP (keep-alive, one connection) beside the same predict called
 in-process on the runtime, and through the DataPlane in-process.
 
-    .venv/bin/python benchmarks/v1_latency.py [--requests 3000]
+    .venv/bin/python benchmarks/v1_latency.py [--requests 3000] [--server granian|uvicorn]
+
+For throughput at concurrency against peer servers, see benchmarks/peers.sh.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(home: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
+def _start(home: Path, port: int, server: str) -> tuple[subprocess.Popen[bytes], float]:
     env = {**os.environ, "MODELHOST_HOME": str(home), "MODELHOST_DEMO__MODELS": '["iris"]'}
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelhost.cli", "serve", "--port", str(port), "--grpc-port", "0"],
+        [
+            *(sys.executable, "-m", "modelhost.cli", "serve", "--port", str(port)),
+            *("--grpc-port", "0", "--server", server),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -112,20 +117,21 @@ def _in_process(home: Path, n: int) -> tuple[list[float], list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = _port()
-        proc, first = _start(home, port)
+        proc, first = _start(home, port, args.server)
         _stop(proc)
-        proc, warm = _start(home, port)
+        proc, warm = _start(home, port, args.server)
         try:
             http = _http(port, args.requests)
         finally:
             _stop(proc)
         raw, plane = _in_process(home, args.requests)
     print(f"start to ready: first start (builds iris) {first:.2f} s, warm restart {warm:.2f} s")
-    print(f"iris predict, 1 row, {args.requests} sequential requests:")
+    print(f"iris predict, 1 row, {args.requests} sequential requests ({args.server}):")
     print(f"  runtime.predict in-process   {_pcts(raw)}")
     print(f"  DataPlane.infer in-process   {_pcts(plane)}")
     print(f"  HTTP POST /v1/.../predict    {_pcts(http)}")

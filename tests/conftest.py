@@ -16,6 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tritonclient._plugin import InferenceServerClientPlugin
+
+from modelhost.registry import make_engine
+from modelhost.security.keys import KeyStore, NewKey
 
 POSTGRES_URL = os.environ.get(
     "MODELHOST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -110,8 +114,34 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class BearerAuth(InferenceServerClientPlugin):  # type: ignore[misc]  # untyped base class
+    """tritonclient plugin sending ``Authorization: Bearer <key>`` (HTTP and gRPC)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, request: Any) -> None:
+        request.headers["authorization"] = f"Bearer {self.key}"
+
+
+def create_key(
+    home: Path, *scopes: str, tenant: str = "system", principal: str = "tests", **limits: Any
+) -> str:
+    """A real API key in the registry database under ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
+    try:
+        secret, _ = KeyStore(engine).create(
+            NewKey(tenant=tenant, principal=principal, scopes=list(scopes or ["admin"]), **limits),
+            actor="tests",
+        )
+    finally:
+        engine.dispose()
+    return secret
+
+
 class Server:
-    """A ``modelhost serve`` process on loopback."""
+    """A ``modelhost serve`` process on loopback, with an admin key for the tests."""
 
     def __init__(
         self,
@@ -120,6 +150,7 @@ class Server:
         process: subprocess.Popen[bytes],
         log: Path,
         grpc_port: int = 0,
+        api_key: str = "",
     ):
         self.home = home
         self.port = port
@@ -128,10 +159,21 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.process = process
         self.log = log
+        self.api_key = api_key
+        """An admin key of tenant ``system``."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin key as an Authorization header."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def triton_auth(self) -> BearerAuth:
+        """A tritonclient plugin carrying the admin key."""
+        return BearerAuth(self.api_key)
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
-        """An HTTP client for this server."""
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        """An HTTP client for this server, sending the admin key."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers)
 
     def wait_state(self, model: str, version: str, state: str, timeout: float = 60) -> None:
         """Poll metadata until ``model@version`` reaches ``state``."""
@@ -153,6 +195,7 @@ def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600)
     """Start ``modelhost serve`` and wait for /readyz."""
     port = free_port()
     grpc_port = free_port()
+    api_key = create_key(home, "admin")
     with log.open("wb") as handle:
         process = subprocess.Popen(
             [
@@ -173,7 +216,7 @@ def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(home, port, process, log, grpc_port)
+    server = Server(home, port, process, log, grpc_port, api_key)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

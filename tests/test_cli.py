@@ -99,7 +99,9 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
 
 def test_predict_against_a_running_server(server: Server) -> None:
     flower = '{"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}'
-    result = run_cli(server.home, "predict", "iris", flower, "--url", server.url)
+    result = run_cli(
+        server.home, "predict", "iris", flower, "--url", server.url, "--api-key", server.api_key
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert body["results"][0]["label"] == "virginica"
@@ -108,10 +110,23 @@ def test_predict_against_a_running_server(server: Server) -> None:
 
 def test_predict_errors_are_one_line(server: Server) -> None:
     _one_line_error(
-        run_cli(server.home, "predict", "ghost", "[1]", "--url", server.url), "404 not_found_error"
+        run_cli(
+            server.home, "predict", "ghost", "[1]", "--url", server.url, "--api-key", server.api_key
+        ),
+        "404 not_found_error",
     )
     _one_line_error(
-        run_cli(server.home, "predict", "iris", "{oops", "--url", server.url), "not valid JSON"
+        run_cli(
+            server.home,
+            "predict",
+            "iris",
+            "{oops",
+            "--url",
+            server.url,
+            "--api-key",
+            server.api_key,
+        ),
+        "not valid JSON",
     )
     _one_line_error(
         run_cli(server.home, "predict", "iris", "[1]", "--url", "http://127.0.0.1:9"),

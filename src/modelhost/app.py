@@ -14,16 +14,23 @@ from fastapi import FastAPI
 from modelhost import __version__
 from modelhost.api import errors as api_errors
 from modelhost.api import health, v1
+from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
 from modelhost.api import openai as openai_api
 from modelhost.api import v2 as v2_api
+from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.config import Settings
 from modelhost.errors import MissingDependencyError
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import ArtifactStore, Registry, make_engine
+from modelhost.security.access import AccessControl
+from modelhost.security.auth import Authenticator, JwtOptions
+from modelhost.security.injection import InjectionDetector, embedder_from_runtime
+from modelhost.security.keys import KeyStore, NewKey, Scope
+from modelhost.security.ratelimit import LimitDefaults, RateLimiter
 from modelhost.serving.dataplane import DataPlane
-from modelhost.serving.models import ModelManager
+from modelhost.serving.models import ModelManager, ModelState
 
 if TYPE_CHECKING:
     import grpc
@@ -40,6 +47,9 @@ class Services:
     manager: ModelManager
     plane: DataPlane
     metrics: Metrics
+    keys: KeyStore
+    authenticator: Authenticator
+    access: AccessControl
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -50,6 +60,64 @@ def build_registry(settings: Settings) -> Registry:
     )
 
 
+class DetectorProvider:
+    """The injection detector: with embeddings once the configured embedding model's
+    production version is loaded, heuristics only until then."""
+
+    def __init__(self, manager: ModelManager, model: str | None) -> None:
+        self._manager = manager
+        self._model = model
+        self._heuristics = InjectionDetector()
+        self._full: InjectionDetector | None = None
+
+    def __call__(self) -> InjectionDetector:
+        if self._full is not None:
+            return self._full
+        for info in self._manager.models():
+            if info.name != self._model:
+                continue
+            for version in info.versions:
+                dep = self._manager.deployment(version.ref)
+                if (
+                    version.stage.value == "production"
+                    and dep is not None
+                    and dep.runtime
+                    and dep.state is ModelState.READY
+                ):
+                    self._full = InjectionDetector(embedder_from_runtime(dep.runtime))
+                    return self._full
+        return self._heuristics
+
+
+def build_security(
+    settings: Settings, registry: Registry, manager: ModelManager
+) -> tuple[KeyStore, Authenticator, AccessControl]:
+    """Keys, authentication and the data plane's access control."""
+    keys = KeyStore(registry.engine)
+    auth = settings.auth
+    jwt = JwtOptions(
+        secret=auth.jwt_secret,
+        jwks_file=auth.jwks_file,
+        audience=auth.jwt_audience,
+        issuer=auth.jwt_issuer,
+        tenant_claim=auth.tenant_claim,
+        scope_claim=auth.scope_claim,
+    )
+    authenticator = Authenticator(keys, enabled=auth.enabled, jwt=jwt)
+    limits = settings.limits
+    limiter = RateLimiter(
+        settings.redis_url or "memory://",
+        LimitDefaults(
+            rpm=limits.requests_per_minute,
+            tpm=limits.tokens_per_minute,
+            budget=limits.budget,
+            budget_period=limits.budget_period,
+        ),
+    )
+    detector = DetectorProvider(manager, settings.guards.injection_embedding_model)
+    return keys, authenticator, AccessControl(limiter, detector)
+
+
 def build_services(settings: Settings) -> Services:
     """Build the object graph (nothing is loaded yet)."""
     registry = build_registry(settings)
@@ -57,21 +125,59 @@ def build_services(settings: Settings) -> Services:
     manager = ModelManager(registry, threads=threads)
     metrics = Metrics()
     metrics.watch_model_versions(manager.state_counts)
+    keys, authenticator, access = build_security(settings, registry, manager)
     plane = DataPlane(
         manager,
         threads=threads,
         default_timeout_s=settings.inference.default_timeout_s,
         default_max_request_bytes=settings.inference.default_max_request_bytes,
         metrics=metrics,
+        access=access,
     )
     return Services(
-        settings=settings, registry=registry, manager=manager, plane=plane, metrics=metrics
+        settings=settings,
+        registry=registry,
+        manager=manager,
+        plane=plane,
+        metrics=metrics,
+        keys=keys,
+        authenticator=authenticator,
+        access=access,
     )
+
+
+def bootstrap_admin_key(services: Services) -> str | None:
+    """On first start with auth on, create an admin key and print it once (only its hash is
+    stored). Returns the key, or None when keys exist already or auth is off."""
+    if not services.settings.auth.enabled or services.keys.count() > 0:
+        return None
+    secret, info = services.keys.create(
+        NewKey(
+            tenant="system",
+            principal="admin",
+            scopes=[Scope.ADMIN.value],
+            description="created on first start",
+        ),
+        actor="modelhost",
+        source="first-start",
+    )
+    banner = (
+        "\n" + "=" * 78 + "\n"
+        f"  modelhost created an admin API key (id {info.id}); it is shown only this once:\n\n"
+        f"      {secret}\n\n"
+        "  Use it as 'Authorization: Bearer <key>' (openai SDK: api_key=...), and make\n"
+        "  narrower keys with `modelhost keys create`.\n" + "=" * 78
+    )
+    print(banner, flush=True)
+    return secret
 
 
 async def _start(services: Services, readiness: health.Readiness) -> None:
     settings = services.settings
     try:
+        await asyncio.to_thread(bootstrap_admin_key, services)
+        if not settings.auth.enabled:
+            log.warning("AUTHENTICATION IS OFF (--no-auth): every caller is an administrator")
         if settings.demo.enabled:
             from modelhost.demo import ensure_demo
 
@@ -111,6 +217,7 @@ async def _start_grpc(services: Services, readiness: health.Readiness) -> grpc.a
         host=server.host,
         port=server.grpc_port,
         reuse_port=server.workers > 1,
+        authenticator=services.authenticator if services.settings.auth.enabled else None,
     )
 
 
@@ -134,6 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(start, refresher, return_exceptions=True)
             await services.manager.close()
+            await services.access.limiter.close()
             services.plane.close()
 
     app = FastAPI(
@@ -150,5 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_api.build_router(services.metrics))
     app.include_router(openai_api.build_router(services.plane))
     app.include_router(v2_api.build_router(services.plane, readiness))
+    app.include_router(keys_api.build_router(services.keys))
+    app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelhost.config import Settings
+from modelhost.config import HttpServer, Settings
 from modelhost.errors import ModelhostError
 from modelhost.registry import Registry, Stage
 
@@ -49,39 +49,30 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
-    grpc_port: Annotated[
-        int | None, typer.Option(help="gRPC (Open Inference Protocol v2) port; 0 turns it off.")
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Server processes on one port.")] = None,
-    demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run the HTTP server (the demo models are built on first start)."""
+def _serve_granian(settings: Settings, log_level: str) -> None:
+    """Granian (Rust HTTP server, ASGI interface with lifespan): the default, faster server."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "modelhost.app:create_app",
+        factory=True,
+        address=settings.server.host,
+        port=settings.server.port,
+        interface=Interfaces.ASGI,  # runs the ASGI lifespan in every worker process
+        workers=settings.server.workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        log_level=LogLevels(log_level.lower()),
+        log_access=settings.server.access_log,
+    ).serve()
+
+
+def _serve_uvicorn(settings: Settings, log_level: str) -> None:
+    """uvicorn with uvloop and httptools."""
     import uvicorn
 
-    if host is not None:
-        os.environ["MODELHOST_SERVER__HOST"] = host
-    if port is not None:
-        os.environ["MODELHOST_SERVER__PORT"] = str(port)
-    if grpc_port is not None:
-        os.environ["MODELHOST_SERVER__GRPC_PORT"] = str(grpc_port)
-    if workers is not None:
-        os.environ["MODELHOST_SERVER__WORKERS"] = str(workers)
-    if not demo:
-        os.environ["MODELHOST_DEMO__ENABLED"] = "false"
-    settings = Settings()
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    out.print(
-        f"modelhost serving on http://{settings.server.host}:{settings.server.port} "
-        f"(home {settings.home})",
-        highlight=False,
-    )
     uvicorn.run(
         "modelhost.app:create_app",
         factory=True,
@@ -93,6 +84,49 @@ def serve(
         loop="uvloop",
         http="httptools",
     )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC (Open Inference Protocol v2) port; 0 turns it off.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Server processes on one port.")] = None,
+    server: Annotated[
+        HttpServer | None,
+        typer.Option(help="HTTP server: granian (default, faster) or uvicorn."),
+    ] = None,
+    demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the HTTP server (the demo models are built on first start)."""
+    if host is not None:
+        os.environ["MODELHOST_SERVER__HOST"] = host
+    if port is not None:
+        os.environ["MODELHOST_SERVER__PORT"] = str(port)
+    if grpc_port is not None:
+        os.environ["MODELHOST_SERVER__GRPC_PORT"] = str(grpc_port)
+    if workers is not None:
+        os.environ["MODELHOST_SERVER__WORKERS"] = str(workers)
+    if server is not None:
+        os.environ["MODELHOST_SERVER__HTTP_SERVER"] = server.value
+    if not demo:
+        os.environ["MODELHOST_DEMO__ENABLED"] = "false"
+    settings = Settings()
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    out.print(
+        f"modelhost serving on http://{settings.server.host}:{settings.server.port} "
+        f"(home {settings.home}, {settings.server.http_server.value})",
+        highlight=False,
+    )
+    if settings.server.http_server is HttpServer.GRANIAN:
+        _serve_granian(settings, log_level)
+    else:
+        _serve_uvicorn(settings, log_level)
 
 
 @app.command("demo")
@@ -228,6 +262,9 @@ def predict(
         str, typer.Option(envvar="MODELHOST_URL", help="Server URL.")
     ] = "http://127.0.0.1:8000",
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MODELHOST_API_KEY", help="API key (mhk_…).")
+    ] = None,
 ) -> None:
     """Send one predict request to a running server and pretty-print the answer."""
     import httpx
@@ -239,7 +276,10 @@ def predict(
     if not (isinstance(payload, dict) and "inputs" in payload):
         payload = {"inputs": payload if isinstance(payload, list) else [payload]}
     try:
-        response = httpx.post(f"{url}/v1/models/{model}/predict", json=payload, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        response = httpx.post(
+            f"{url}/v1/models/{model}/predict", json=payload, timeout=timeout, headers=headers
+        )
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach {url}: {exc}") from None
     data = response.json()
@@ -247,6 +287,82 @@ def predict(
         error = data.get("error", {})
         raise _fail(f"{response.status_code} {error.get('type')}: {error.get('message')}")
     out.print_json(json.dumps(data))
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store() -> Any:
+    from modelhost.app import build_registry
+    from modelhost.security.keys import KeyStore
+
+    return KeyStore(build_registry(Settings()).engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    principal: Annotated[str, typer.Option(help="Who the key belongs to.")],
+    tenant: Annotated[str, typer.Option(help="The principal's tenant.")] = "default",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="predict, jobs, models:write, deploy or admin; repeat for more."),
+    ] = None,
+    expires_days: Annotated[float | None, typer.Option(help="Expire after N days.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Spend per budget period.")] = None,
+    description: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from datetime import UTC, datetime, timedelta
+
+    from modelhost.security.keys import NewKey
+
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    secret, info = _key_store().create(
+        NewKey(
+            tenant=tenant,
+            principal=principal,
+            scopes=scope or ["predict"],
+            description=description,
+            expires_at=expires,
+            rpm=rpm,
+            tpm=tpm,
+            budget=budget,
+        ),
+        actor=_actor(),
+        source="cli",
+    )
+    out.print(
+        f"created key {info.id} for {tenant}/{principal} ({', '.join(info.scopes)})",
+        highlight=False,
+    )
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None) -> None:
+    """List keys (never their secrets)."""
+    table = Table("id", "tenant", "principal", "scopes", "created", "expires", "revoked")
+    for key in _key_store().list_keys(tenant):
+        table.add_row(
+            key.id,
+            key.tenant,
+            key.principal,
+            ", ".join(key.scopes),
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "",
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (or the whole key).")]) -> None:
+    """Revoke a key; servers refuse it within seconds."""
+    info = _key_store().revoke(key_id, actor=_actor(), source="cli")
+    out.print(f"revoked key {info.id} of {info.tenant}/{info.principal}", highlight=False)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Nested models use ``__`` in the variable name: ``MODELHOST_SERVER__PORT=9000``.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -18,6 +19,13 @@ def _default_home() -> Path:
 
 def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
+
+
+class HttpServer(StrEnum):
+    """The HTTP server ``modelhost serve`` runs the ASGI app on."""
+
+    GRANIAN = "granian"  #: Granian (Rust, HTTP/1.1 + uvloop): the faster one, default
+    UVICORN = "uvicorn"  #: uvicorn with uvloop and httptools
 
 
 class ServerSettings(BaseModel):
@@ -33,6 +41,9 @@ class ServerSettings(BaseModel):
     """Server processes sharing the port."""
     access_log: bool = False
     """Log one line per request (off by default: it costs throughput)."""
+    http_server: HttpServer = HttpServer.GRANIAN
+    """Which HTTP server runs the app; Granian answers single-row predicts faster than
+    uvicorn (see docs/performance.md)."""
 
 
 class InferenceSettings(BaseModel):
@@ -48,6 +59,46 @@ class InferenceSettings(BaseModel):
     """Load every staging and production version when the server starts."""
     refresh_interval_s: float = 2.0
     """How often a server re-reads the registry to pick up pushes, promotions and aliases."""
+
+
+class AuthSettings(BaseModel):
+    """Who may call: API keys always; OAuth2/JWT bearer tokens when a secret or JWKS is set."""
+
+    enabled: bool = True
+    """Require a credential on every route but /healthz, /readyz and /v2/health/*."""
+    jwt_secret: str | None = None
+    """HS256 shared secret of bearer JWTs."""
+    jwks_file: Path | None = None
+    """A JWKS document with the public keys of bearer JWTs (RS256, ES256)."""
+    jwt_audience: str | None = None
+    """Required ``aud`` claim."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` claim."""
+    tenant_claim: str = "tenant"
+    """Claim holding the tenant (absent: tenant ``default``)."""
+    scope_claim: str = "scope"
+    """Claim holding the scopes (space-separated string or list)."""
+
+
+class LimitSettings(BaseModel):
+    """Defaults of rate limits and budgets (a key's own values win)."""
+
+    requests_per_minute: int | None = 6000
+    """Requests per minute per principal; none for no limit."""
+    tokens_per_minute: int | None = None
+    """Tokens per minute per principal; none for no limit."""
+    budget: float | None = None
+    """Spend per principal per period, priced from each model's pricing; none for no limit."""
+    budget_period: str = Field(default="day", pattern="^(day|month)$")
+    """Budget period: ``day`` or ``month``."""
+
+
+class GuardSettings(BaseModel):
+    """Server-wide settings of the input guards."""
+
+    injection_embedding_model: str | None = "minilm"
+    """Embedding model whose production version scores prompts for injection by similarity
+    to known attacks; heuristics only when none or not loaded."""
 
 
 class DemoSettings(BaseModel):
@@ -76,6 +127,14 @@ class Settings(BaseSettings):
     """The inference pool, timeouts and loading."""
     demo: DemoSettings = Field(default_factory=DemoSettings)
     """The built-in demo models."""
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """Authentication."""
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    """Rate limits and budgets."""
+    guards: GuardSettings = Field(default_factory=GuardSettings)
+    """Input guards."""
+    redis_url: str | None = None
+    """Redis for rate-limit counters shared by every replica; memory when none."""
 
     @property
     def resolved_database_url(self) -> str:

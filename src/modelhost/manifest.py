@@ -21,6 +21,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelhost.errors import ManifestError
+from modelhost.security.policy import GuardsConfig
 
 MANIFEST_FILE = "modelhost.yaml"
 EVALUATION_FILE = "evaluation_report.json"
@@ -127,6 +128,8 @@ class ModelManifest(BaseModel):
     card: ModelCard = Field(default_factory=ModelCard)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     pricing: Pricing | None = None
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    """Input and output guards: prompt-injection policy, fencing, PII redaction, blocked content."""
     supported_languages: list[str] = Field(default_factory=list)
     max_tokens: int | None = Field(default=None, gt=0)
     """Context window of a language model, shown in metadata."""

@@ -76,7 +76,7 @@ def test_a_model_pushed_just_now_is_found_at_once(lone: Server, tmp_path: Path) 
         run_cli(lone.home, "models", "push", str(directory), "--stage", "production").returncode
         == 0
     )
-    with httpx.Client(base_url=lone.url, timeout=30) as client:
+    with httpx.Client(base_url=lone.url, timeout=30, headers=lone.headers) as client:
         first = client.post("/v1/models/fresh/predict", json=ITEM)
         assert first.status_code in (200, 503)
         lone.wait_state("fresh", "1.0.0", "ready")

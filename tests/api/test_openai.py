@@ -30,12 +30,16 @@ SENTENCES = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock p
 @pytest.fixture(scope="module")
 def sdk(server: Server) -> Iterator[OpenAI]:
     """The official sync client, without retries so that status codes are seen as sent."""
-    with OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120) as client:
+    with OpenAI(
+        base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120
+    ) as client:
         yield client
 
 
 def _async_sdk(server: Server) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    return AsyncOpenAI(
+        base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120
+    )
 
 
 def _events(body: str) -> list[str]:

@@ -20,6 +20,7 @@ from tests.conftest import Server
 def http(server: Server) -> Iterator[triton.InferenceServerClient]:
     """A tritonclient HTTP client bound to the session server."""
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=120.0)
+    client.register_plugin(server.triton_auth())
     yield client
     client.close()
 

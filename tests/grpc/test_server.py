@@ -25,16 +25,29 @@ def client(server: Server) -> Iterator[triton.InferenceServerClient]:
     """A tritonclient gRPC client bound to the session server."""
     assert server.grpc_port
     grpc_client = triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    grpc_client.register_plugin(server.triton_auth())
     yield grpc_client
     grpc_client.close()
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` metadata to every unary call."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.key}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
 @pytest.fixture
 def stub(server: Server) -> Iterator[Any]:
-    """The checked-in generated stub (untyped, as grpcio-tools writes it), on its own channel."""
+    """The checked-in generated stub (untyped, as grpcio-tools writes it), on its own channel
+    carrying the admin key."""
     make = cast(Callable[[grpc.Channel], Any], pb_grpc.GRPCInferenceServiceStub)
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        yield make(channel)
+        yield make(grpc.intercept_channel(channel, _Bearer(server.api_key)))
 
 
 def _iris_input(rows: Any, datatype: str = "FP32") -> triton.InferInput:

@@ -32,9 +32,11 @@ from modelhost.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from modelhost.security.guards import ContentBlocked
 
 #: (status, type) per error class; the first match along the MRO wins.
 _STATUS: dict[type[ModelhostError], tuple[int, str]] = {
+    ContentBlocked: (422, "content_blocked"),
     Unauthenticated: (401, "authentication_error"),
     Forbidden: (403, "permission_error"),
     BudgetExceeded: (429, "budget_exceeded"),

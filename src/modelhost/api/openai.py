@@ -23,6 +23,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.v1 import json_response, parse_json, read_body, version_header
 from modelhost.errors import InvalidInput, ModelhostError, PayloadTooLarge
@@ -225,6 +226,7 @@ class OpenAIRoutes:
             request_id=request_id(request),
             body_bytes=size,
             protocol="openai",
+            principal=principal_of(request.scope),
         )
         info = await self.plane.manager.resolve(ireq.model, ireq.version)
         _check_serves(info, accepts, request.url.path)

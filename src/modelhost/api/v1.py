@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id
 from modelhost.errors import InvalidInput, PayloadTooLarge
 from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
@@ -32,7 +36,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+
+    Reads the ASGI ``receive`` channel directly: a single-message body (the usual case) is
+    returned as is, without joining chunks.
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
@@ -40,14 +48,23 @@ async def read_body(request: Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client went away
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(
                 f"request body is over {limit} bytes, the most this model accepts", param="body"
             )
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -162,6 +179,25 @@ def _listing(model: ModelInfo, manager: ModelManager) -> dict[str, Any]:
     return entry
 
 
+class LeanRoute(APIRoute):
+    """An API route documented like any other, whose endpoint reads the raw request.
+
+    FastAPI builds the OpenAPI entry from the endpoint's signature and the route's arguments
+    as usual, but a request skips dependency solving, parameter and response validation: the
+    endpoint gets the path parameters from the request and returns a finished ``Response``.
+    Used for the predict hot path, whose body is parsed and checked by the data plane.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Call the endpoint with its path parameters and the request."""
+        endpoint = cast(Callable[..., Coroutine[Any, Any, Response]], self.endpoint)
+
+        async def handler(request: Request) -> Response:
+            return await endpoint(request=request, **request.path_params)
+
+        return handler
+
+
 def build_router(plane: DataPlane) -> APIRouter:
     """The v1 routes, bound to one data plane."""
     manager = plane.manager
@@ -178,8 +214,26 @@ def build_router(plane: DataPlane) -> APIRouter:
         info = await manager.resolve(name, version_header(model, request) or pinned or None)
         return json_response(model_metadata(await manager.model(name), info, manager))
 
-    @router.post(
+    async def predict(model: str, request: Request) -> Response:
+        version = version_header(model, request)
+        ireq = InferenceRequest.for_reference(
+            model,
+            version=version,
+            request_id=request_id(request),
+            protocol="v1",
+            principal=principal_of(request.scope),
+        )
+        info = await manager.resolve(ireq.model, ireq.version)
+        body = await read_body(request, plane.max_request_bytes(info))
+        ireq.inputs, ireq.parameters = parse_envelope(parse_json(body))
+        ireq.version, ireq.body_bytes = info.version, len(body)
+        response = await plane.infer(ireq, info)
+        return json_response(response.as_v1(), headers={"X-Model-Version": response.version})
+
+    router.add_api_route(
         "/v1/models/{model}/predict",
+        predict,
+        methods=["POST"],
         summary="Predict",
         response_model=PredictResponse,
         responses=_ERRORS,
@@ -189,20 +243,8 @@ def build_router(plane: DataPlane) -> APIRouter:
                 "content": {_JSON: {"schema": PredictRequest.model_json_schema()}},
             }
         },
+        route_class_override=LeanRoute,
     )
-    async def predict(model: str, request: Request) -> Response:
-        ireq = InferenceRequest.for_reference(
-            model,
-            version=version_header(model, request),
-            request_id=request_id(request),
-            protocol="v1",
-        )
-        info = await manager.resolve(ireq.model, ireq.version)
-        body = await read_body(request, plane.max_request_bytes(info))
-        ireq.inputs, ireq.parameters = parse_envelope(parse_json(body))
-        ireq.version, ireq.body_bytes = info.version, len(body)
-        response = await plane.infer(ireq)
-        return json_response(response.as_v1(), headers={"X-Model-Version": response.version})
 
     @router.post(
         "/v1/models/{model}/versions/{version}/load", summary="Load a version", responses=_ERRORS

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from modelhost import __version__
+from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.health import Readiness
 from modelhost.api.v1 import json_response, read_body
@@ -265,7 +266,10 @@ class _Endpoints:
         info = await self.manager.resolve(model, version)
         body = await read_body(request, self.plane.max_request_bytes(info))
         v2 = parse_rest_request(body, request.headers.get(_HEADER_LENGTH))
-        answer = await self.plane.infer(to_inference_request(v2, info, request_id(request), "v2"))
+        ireq = to_inference_request(
+            v2, info, request_id(request), "v2", principal_of(request.scope)
+        )
+        answer = await self.plane.infer(ireq)
         content, header_length = encode_rest_response(from_inference_response(answer, info, v2), v2)
         if header_length is None:
             return Response(content, media_type=_JSON)

@@ -23,13 +23,16 @@ from modelhost import __version__
 from modelhost.api.health import Readiness
 from modelhost.errors import (
     ConfigError,
+    Forbidden,
     InferenceTimeout,
     InvalidInput,
     MissingDependencyError,
     ModelhostError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
+    Unauthenticated,
 )
 from modelhost.protocol.v2 import (
     EXTENSIONS,
@@ -50,6 +53,9 @@ from modelhost.protocol.v2 import (
     to_inference_request,
 )
 from modelhost.registry import VersionInfo
+from modelhost.security.auth import Authenticator, bearer
+from modelhost.security.guards import ContentBlocked
+from modelhost.security.keys import ANONYMOUS, Principal, Scope
 from modelhost.serving.dataplane import DataPlane, new_id
 from modelhost.serving.models import ModelState
 
@@ -68,6 +74,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 #: Status code per error class; the first match along the MRO wins.
 _CODES: dict[type[ModelhostError], grpc.StatusCode] = {
+    ContentBlocked: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -221,10 +231,31 @@ def encode_response(response: V2Response) -> pb.ModelInferResponse:
 class InferenceServicer:
     """``inference.GRPCInferenceService`` over one data plane."""
 
-    def __init__(self, plane: DataPlane, readiness: Readiness) -> None:
+    def __init__(
+        self, plane: DataPlane, readiness: Readiness, authenticator: Authenticator | None = None
+    ) -> None:
         self.plane = plane
         self.manager = plane.manager
         self.readiness = readiness
+        self.authenticator = authenticator
+
+    async def _principal(self, context: Context) -> Principal:
+        """The caller, from ``authorization: Bearer …`` (or ``x-api-key``) metadata; every
+        method but ServerLive and ServerReady needs the ``predict`` scope.
+
+        Raises:
+            Unauthenticated, Forbidden.
+        """
+        if self.authenticator is None:
+            return ANONYMOUS
+        metadata = {
+            key.lower(): value if isinstance(value, str) else value.decode("latin-1")
+            for key, value in (context.invocation_metadata() or ())
+        }
+        credential = bearer(metadata.get("authorization")) or metadata.get("x-api-key")
+        principal = await self.authenticator.authenticate(credential)
+        principal.require(Scope.PREDICT)
+        return principal
 
     async def ServerLive(  # noqa: N802 - gRPC method names are the proto's
         self, request: pb.ServerLiveRequest, context: Context
@@ -243,14 +274,17 @@ class InferenceServicer:
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         """The version (production when none is named) can serve now."""
+        await self._principal(context)
         info = await self.manager.resolve(request.name, request.version or None)
         dep = self.manager.deployment(info.ref)
         return pb.ModelReadyResponse(ready=dep is not None and dep.state is ModelState.READY)
 
+    @_translated
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
         """Server name, version and protocol extensions."""
+        await self._principal(context)
         return pb.ServerMetadataResponse(
             name="modelhost", version=__version__, extensions=EXTENSIONS
         )
@@ -260,6 +294,7 @@ class InferenceServicer:
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         """Versions, platform and tensors of a version."""
+        await self._principal(context)
         info = await self.manager.resolve(request.name, request.version or None)
         dep = self.manager.deployment(info.ref)
         facts = dep.runtime.metadata() if dep is not None and dep.runtime is not None else {}
@@ -282,28 +317,37 @@ class InferenceServicer:
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         """One inference through the data plane."""
+        principal = await self._principal(context)
         info, v2 = await self._decode(request)
-        answer = await self.plane.infer(to_inference_request(v2, info, new_id("grpc"), "grpc"))
+        answer = await self.plane.infer(
+            to_inference_request(v2, info, new_id("grpc"), "grpc", principal)
+        )
         return encode_response(from_inference_response(answer, info, v2))
 
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answer each request of the stream in turn; generation models answer token by token."""
+        try:
+            principal = await self._principal(context)
+        except ModelhostError as exc:
+            await context.abort(status_code(exc), exc.message)
         async for request in requests:
-            async for response in self._stream_one(request):
+            async for response in self._stream_one(request, principal):
                 yield response
 
     async def _stream_one(
-        self, request: pb.ModelInferRequest
+        self, request: pb.ModelInferRequest, principal: Principal
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         try:
             info, v2 = await self._decode(request)
             if kind_of(info.manifest) is Kind.GENERATION:
-                async for response in self._generate(info, v2):
+                async for response in self._generate(info, v2, principal):
                     yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
                 return
-            answer = await self.plane.infer(to_inference_request(v2, info, new_id("grpc"), "grpc"))
+            answer = await self.plane.infer(
+                to_inference_request(v2, info, new_id("grpc"), "grpc", principal)
+            )
             response = from_inference_response(answer, info, v2)
             yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
         except ModelhostError as exc:
@@ -312,9 +356,11 @@ class InferenceServicer:
             log.exception("gRPC stream request failed")
             yield pb.ModelStreamInferResponse(error_message="internal error; see the server log")
 
-    async def _generate(self, info: VersionInfo, v2: V2Request) -> AsyncIterator[V2Response]:
+    async def _generate(
+        self, info: VersionInfo, v2: V2Request, principal: Principal
+    ) -> AsyncIterator[V2Response]:
         response_id = new_id("gen")
-        request = to_inference_request(v2, info, response_id, "grpc")
+        request = to_inference_request(v2, info, response_id, "grpc", principal)
         if len(request.inputs) != 1:
             raise InvalidInput(
                 f"a streamed generation takes one prompt; text_input holds {len(request.inputs)}",
@@ -330,7 +376,13 @@ def _address(host: str, port: int) -> str:
 
 
 async def start_server(
-    plane: DataPlane, readiness: Readiness, *, host: str, port: int, reuse_port: bool = False
+    plane: DataPlane,
+    readiness: Readiness,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    authenticator: Authenticator | None = None,
 ) -> grpc.aio.Server:
     """Build, bind and start the gRPC server in the running event loop.
 
@@ -341,6 +393,7 @@ async def start_server(
         port: TCP port.
         reuse_port: share the port between processes (several server workers); off otherwise,
             so a second server on a busy port fails instead of stealing half its calls.
+        authenticator: checks each call's credential; None serves without authentication.
 
     Raises:
         ConfigError: the port cannot be bound.
@@ -356,7 +409,7 @@ async def start_server(
         Callable[[InferenceServicer, grpc.aio.Server], None],
         pb_grpc.add_GRPCInferenceServiceServicer_to_server,
     )
-    add(InferenceServicer(plane, readiness), server)
+    add(InferenceServicer(plane, readiness, authenticator), server)
     address = _address(host, port)
     try:
         server.add_insecure_port(address)

@@ -38,6 +38,7 @@ from modelhost.errors import InvalidInput
 from modelhost.manifest import ModelManifest, Task
 from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.runtimes import StreamChunk
+from modelhost.security.keys import Principal
 from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 
 #: numpy dtype of each v2 datatype; BYTES elements are ``bytes`` in an object array.
@@ -497,7 +498,11 @@ _DECODERS: dict[Kind, Callable[[Tensor, Signature], list[Any]]] = {
 
 
 def to_inference_request(
-    request: V2Request, info: VersionInfo, request_id: str, protocol: str
+    request: V2Request,
+    info: VersionInfo,
+    request_id: str,
+    protocol: str,
+    principal: Principal | None = None,
 ) -> InferenceRequest:
     """The data-plane request of a v2 request to the resolved version ``info``.
 
@@ -506,6 +511,7 @@ def to_inference_request(
         info: the version it was resolved to.
         request_id: the transport's request id.
         protocol: the transport's name, for metrics (``v2`` REST, ``grpc``).
+        principal: the authenticated caller.
 
     Raises:
         InvalidInput: the tensors or requested outputs do not fit the model.
@@ -521,6 +527,7 @@ def to_inference_request(
         request_id=request_id,
         body_bytes=request.body_bytes,
         protocol=protocol,
+        principal=principal,
     )
 
 

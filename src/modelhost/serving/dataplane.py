@@ -8,8 +8,10 @@ build an :class:`InferenceRequest` and read an :class:`InferenceResponse`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
+from asyncio import Future
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from modelhost.errors import InferenceTimeout, InvalidInput, PayloadTooLarge, Ve
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
+from modelhost.security.access import AccessControl
+from modelhost.security.keys import Principal
 from modelhost.serving.batching import AdaptiveBatcher, batching_enabled, observed_predict
 from modelhost.serving.models import Deployment, ModelManager, Validator
 
@@ -41,6 +45,8 @@ class InferenceRequest:
     """Size of the request body, checked against the model's ``max_request_bytes``."""
     protocol: str = ANY_PROTOCOL
     """The transport's name (``v1``, ``openai``, ``v2``, ...), the ``protocol`` metrics label."""
+    principal: Principal | None = None
+    """Who calls (set by the transport from its credential); limits and budgets count by it."""
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -60,10 +66,12 @@ class InferenceResponse:
     created: int
     results: list[Any]
     usage: Usage
+    guards: dict[str, Any] = field(default_factory=dict)
+    """What the guards did: ``redactions`` (counts by kind), ``prompt_injection`` (flag)."""
 
     def as_v1(self) -> dict[str, Any]:
         """The REST v1 body."""
-        return {
+        body = {
             "id": self.id,
             "model": self.model,
             "version": self.version,
@@ -71,6 +79,9 @@ class InferenceResponse:
             "results": self.results,
             "usage": self.usage.as_dict(),
         }
+        if self.guards:
+            body["guards"] = self.guards
+        return body
 
 
 def _describe(prefix: str, exc: JsonSchemaValueException) -> tuple[str, str]:
@@ -97,6 +108,33 @@ def _check(validator: Validator | None, value: Any, prefix: str) -> None:
         raise InvalidInput(message, param=param) from None
 
 
+def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any]) -> None:
+    """Inference-thread side of :meth:`DataPlane.run`: call ``fn``, hand the outcome back."""
+    outcome: Any
+    try:
+        outcome = fn()
+    except BaseException as exc:  # handed to the awaiting caller, raised there
+        outcome = exc
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+        loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: Future[Any], outcome: Any) -> None:
+    """Loop side: resolve ``future`` unless the caller stopped waiting (timeout, cancel)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _expire(future: Future[Any], ref: str, timeout: float) -> None:
+    """Timer callback of :meth:`DataPlane.run`: fail the caller with a timeout."""
+    if not future.done():
+        future.set_exception(InferenceTimeout(f"{ref} did not answer within {timeout:.3g}s"))
+
+
 def new_id(prefix: str) -> str:
     """A short random id such as ``pred_3f2a…``."""
     return f"{prefix}_{secrets.token_hex(12)}"
@@ -113,8 +151,10 @@ class DataPlane:
         default_timeout_s: float,
         default_max_request_bytes: int,
         metrics: Metrics | None = None,
+        access: AccessControl | None = None,
     ) -> None:
         self.manager = manager
+        self.access = access
         self.default_timeout_s = default_timeout_s
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
@@ -179,40 +219,91 @@ class DataPlane:
     async def run(self, fn: Callable[[], Any], info: VersionInfo) -> Any:
         """Run ``fn`` in the inference pool under the version's timeout.
 
+        One loop future settled from the worker thread and one timer: cheaper than
+        ``run_in_executor`` + ``wait_for`` (two chained futures, a waiter and a timer), which
+        matters when the model itself answers in a fraction of a millisecond. On timeout the
+        caller gets its error at once; the worker thread finishes the call and its result is
+        dropped (as with ``wait_for``).
+
         Raises:
             InferenceTimeout: it took longer than the timeout (the caller gets 504).
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, fn)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pool.submit(_work, fn, loop, future)
+        timeout = self.timeout(info)
+        timer = loop.call_later(timeout, _expire, future, info.ref, timeout)
         try:
-            return await asyncio.wait_for(future, self.timeout(info))
-        except TimeoutError:
-            raise InferenceTimeout(
-                f"{info.ref} did not answer within {self.timeout(info):.3g}s"
-            ) from None
+            return await future
+        finally:
+            timer.cancel()
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through the whole path, recording its metrics."""
+    async def infer(
+        self, request: InferenceRequest, info: VersionInfo | None = None
+    ) -> InferenceResponse:
+        """Run one request through the whole path, recording its metrics.
+
+        Args:
+            request: the call.
+            info: the version ``request`` resolves to, when the transport already resolved it
+                (REST v1 does, for the body limit); resolved here otherwise.
+        """
         started = time.perf_counter()
-        info: VersionInfo | None = None
         try:
-            info = await self.manager.resolve(request.model, request.version)
+            if info is None:
+                info = await self.manager.resolve(request.model, request.version)
             dep, parameters = self.admit(info, request)
-            prediction = await self.predict(dep, request.inputs, parameters)
+            principal, inputs, guards = await self._secure(request, info)
+            prediction = await self.predict(dep, inputs, parameters)
+            results = self._guard_results(info, prediction, guards)
+            await self._charge(principal, info, prediction.usage, len(inputs))
         except BaseException as exc:  # counted, then raised unchanged
             self._failed(request, info, exc)
             raise
-        self.metrics.deployment(dep.info.model, dep.info.version, request.protocol).answered(
+        dep_info = dep.info
+        self.metrics.deployment(dep_info.model, dep_info.version, request.protocol).answered(
             time.perf_counter() - started
         )
         return InferenceResponse(
             id=new_id("pred"),
-            model=dep.info.model,
-            version=dep.info.version,
+            model=dep_info.model,
+            version=dep_info.version,
             created=int(time.time()),
-            results=prediction.results,
+            results=results,
             usage=prediction.usage,
+            guards=guards,
         )
+
+    async def _secure(
+        self, request: InferenceRequest, info: VersionInfo
+    ) -> tuple[Principal | None, list[Any], dict[str, Any]]:
+        """Scope, limits and budget; then prompt-injection scoring and fencing (in the pool:
+        the detector may run an embedding model)."""
+        access = self.access
+        if access is None:
+            return request.principal, request.inputs, {}
+        principal = await access.admit(request.principal, info)
+        if not access.needs_screening(info):
+            return principal, request.inputs, {}
+        inputs = request.inputs
+        screening = await self.run(lambda: access.screen(info, inputs), info)
+        return principal, screening.inputs, dict(screening.flags)
+
+    def _guard_results(
+        self, info: VersionInfo, prediction: Prediction, guards: dict[str, Any]
+    ) -> list[Any]:
+        if self.access is None:
+            return prediction.results
+        results, redactions = self.access.guard_results(info, prediction.results)
+        if redactions:
+            guards["redactions"] = redactions
+        return results
+
+    async def _charge(
+        self, principal: Principal | None, info: VersionInfo, usage: Usage, items: int
+    ) -> None:
+        if self.access is not None and principal is not None:
+            await self.access.charge(principal, info, usage, items)
 
     async def predict(
         self, dep: Deployment, inputs: list[Any], parameters: dict[str, Any]
@@ -224,10 +315,22 @@ class DataPlane:
         runtime = dep.runtime
         assert runtime is not None  # ready_runtime returned a READY deployment
         observe = self.metrics.deployment(dep.info.model, dep.info.version).runtime_call
-        prediction: Prediction = await self.run(
-            lambda: observed_predict(runtime, inputs, parameters, observe), dep.info
+        prediction: Prediction = await self.call(
+            dep, lambda: observed_predict(runtime, inputs, parameters, observe)
         )
         return prediction
+
+    async def call(self, dep: Deployment, fn: Callable[[], Any]) -> Any:
+        """Run a runtime call of ``dep``: in the inference pool, or inline when it opted in.
+
+        A version whose manifest sets ``options.inline: true`` (a model that answers in well
+        under a millisecond, such as a small scikit-learn pipeline) is called on the event
+        loop: no thread hop, which costs about as much as such a model's own work, but also no
+        timeout, and other requests wait while it runs. Everything else runs in the pool.
+        """
+        if dep.info.manifest.options.get("inline") is True:
+            return fn()
+        return await self.run(fn, dep.info)
 
     def _attach_batcher(self, dep: Deployment) -> AdaptiveBatcher | None:
         """Wrap a deployment's runtime in a batcher if its manifest asks for batching.
@@ -240,7 +343,7 @@ class DataPlane:
         dep.batcher = AdaptiveBatcher(
             dep.runtime,
             config,
-            run=lambda fn: self.run(fn, dep.info),
+            run=lambda fn: self.call(dep, fn),
             observe=self.metrics.deployment(dep.info.model, dep.info.version).runtime_call,
         )
         return dep.batcher
@@ -272,11 +375,18 @@ class DataPlane:
             assert runtime is not None
             if not runtime.supports_streaming:
                 raise InvalidInput(f"{dep.ref} does not stream", param="stream")
+            principal, inputs, _ = await self._secure(request, info)
         except BaseException as exc:  # counted, then raised unchanged
             self._failed(request, info, exc)
             raise
-        chunks = self._pump(lambda: runtime.stream(request.inputs[0], parameters))
-        return dep.info, self._observed(chunks, request, dep.info, started)
+        access, served = self.access, dep.info
+
+        def generate() -> Any:
+            produced = runtime.stream(inputs[0], parameters)
+            return access.guard_stream(served, produced)[0] if access is not None else produced
+
+        chunks = self._pump(generate)
+        return served, self._observed(chunks, request, served, started, principal)
 
     async def _observed(
         self,
@@ -284,11 +394,14 @@ class DataPlane:
         request: InferenceRequest,
         info: VersionInfo,
         started: float,
+        principal: Principal | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Pass chunks through; count the stream when it ends (a consumer leaving is
-        ``cancelled``)."""
+        ``cancelled``) and charge its tokens."""
+        usage: Usage | None = None
         try:
             async for chunk in chunks:
+                usage = chunk.usage or usage
                 yield chunk
         except BaseException as exc:  # counted, then raised unchanged
             self.metrics.failed(info.model, info.version, request.protocol, exc)
@@ -298,6 +411,8 @@ class DataPlane:
         self.metrics.deployment(info.model, info.version, request.protocol).answered(
             time.perf_counter() - started
         )
+        if usage is not None:
+            await self._charge(principal, info, usage, 1)
 
     async def _pump(self, make: Callable[[], Any]) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()

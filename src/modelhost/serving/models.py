@@ -7,6 +7,7 @@ never queries the database; a background task refreshes them when the registry c
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -58,6 +59,18 @@ class Deployment:
     def ref(self) -> str:
         """``name@version``."""
         return self.info.ref
+
+
+def _freeze_long_lived() -> None:
+    """Move every object alive now (modules, app, loaded models) out of the cyclic GC's reach.
+
+    They live as long as the process, yet a full collection re-scans all of them: with
+    ~170,000 objects after start-up that is an ~80 ms pause of the event loop every few
+    thousand requests, which set the p99 latency. Frozen objects are still freed by reference
+    counting; :meth:`ModelManager.unload` unfreezes so an unloaded model's cycles can go.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _compile(schema: dict[str, Any]) -> Validator | None:
@@ -201,6 +214,7 @@ class ModelManager:
             dep.runtime, dep.state, dep.error = runtime, ModelState.READY, None
             dep.load_seconds = time.perf_counter() - started
             log.info("%s ready in %.2fs", dep.ref, dep.load_seconds)
+            _freeze_long_lived()
         finally:
             dep.loaded.set()
 
@@ -230,6 +244,7 @@ class ModelManager:
             await batcher.close()
         if runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self._loader, runtime.unload)
+        gc.unfreeze()  # let the collector reclaim what the unloaded model leaves in cycles
         log.info("%s unloaded", ref)
         return dep
 
