@@ -19,8 +19,9 @@
 #
 # modelhost cases (each `modelhost serve --no-demo --grpc-port 0`, full default request path:
 # request id, JSON envelope + input-schema validation, limits, Prometheus metrics; no access log;
-# MODELHOST_AUTH__ENABLED=false: the peers have no authentication, and its default per-key rate
-# limit, 6,000 requests/minute, would cap a load test):
+# the peers have no authentication, so MODELHOST_AUTH__ENABLED=false, and the default rate limit
+# of the (then anonymous) caller, 6,000 requests/minute, is raised out of reach; the limiter
+# still runs on every request):
 #   modelhost          defaults (Granian; inference in the thread pool)
 #   modelhost_inline   manifest options.inline: true (model called on the event loop)
 #   modelhost_batch    manifest batching: {max_batch_size: 32, max_batch_delay_ms: 2}

@@ -17,6 +17,7 @@ CASE = """\
     modelhost*)
                CWD=.; PORT=8010; MHARGS=""
                MHENV="MODELHOST_HOME=$ROOT/modelhost/$n/home MODELHOST_AUTH__ENABLED=false"
+               MHENV="$MHENV MODELHOST_LIMITS__REQUESTS_PER_MINUTE=1000000000"
                [ "$n" = modelhost_uvicorn ] && MHARGS="--server uvicorn"
                [ "$n" = modelhost_before ] && MHENV="$MHENV PYTHONPATH=${BEFORE_SRC:?}"
                CMD="env $MHENV $MODELHOST serve --no-demo --grpc-port 0"

@@ -191,11 +191,18 @@ class Server:
         raise AssertionError(f"{model}@{version} stayed {seen}, not {state}")
 
 
-def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600) -> Server:
-    """Start ``modelhost serve`` and wait for /readyz."""
+def start_server(
+    home: Path,
+    log: Path,
+    *extra: str,
+    ready_timeout: float = 600,
+    env: dict[str, str] | None = None,
+    api_key: str | None = None,
+) -> Server:
+    """Start ``modelhost serve`` and wait for /readyz (``env`` adds environment variables)."""
     port = free_port()
     grpc_port = free_port()
-    api_key = create_key(home, "admin")
+    api_key = api_key or create_key(home, "admin")
     with log.open("wb") as handle:
         process = subprocess.Popen(
             [
@@ -211,7 +218,7 @@ def start_server(home: Path, log: Path, *extra: str, ready_timeout: float = 600)
                 str(grpc_port),
                 *extra,
             ],
-            env=modelhost_env(home),
+            env={**modelhost_env(home), **(env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -99,6 +99,9 @@ def serve(
         typer.Option(help="HTTP server: granian (default, faster) or uvicorn."),
     ] = None,
     demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
+    auth: Annotated[
+        bool, typer.Option(help="Require API keys (--no-auth: every caller is an admin).")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run the HTTP server (the demo models are built on first start)."""
@@ -114,6 +117,12 @@ def serve(
         os.environ["MODELHOST_SERVER__HTTP_SERVER"] = server.value
     if not demo:
         os.environ["MODELHOST_DEMO__ENABLED"] = "false"
+    if not auth:
+        os.environ["MODELHOST_AUTH__ENABLED"] = "false"
+        err.print(
+            "[bold red]WARNING: authentication is OFF (--no-auth); do not expose this "
+            "server[/bold red]"
+        )
     settings = Settings()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id
-from modelhost.errors import InvalidInput, PayloadTooLarge
+from modelhost.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
 from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.serving.dataplane import DataPlane, InferenceRequest
@@ -35,12 +35,35 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+JSON_MEDIA = ("application/json",)
+
+
+def check_media(request: Request, accepted: tuple[str, ...]) -> None:
+    """Refuse a body whose Content-Type the route does not read (no header is accepted).
+
+    Raises:
+        UnsupportedMediaType: 415, naming the type to send.
+    """
+    value = request.headers.get("content-type")
+    if not value:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media in accepted or media.endswith("+json"):
+        return
+    raise UnsupportedMediaType(
+        f"content type {media!r} is not accepted here; send {' or '.join(accepted)}",
+        param="content-type",
+    )
+
+
+async def read_body(request: Request, limit: int, accepted: tuple[str, ...] = JSON_MEDIA) -> bytes:
+    """The request body, refused with 415 for a content type the route does not read and with
+    413 as soon as it passes ``limit`` bytes.
 
     Reads the ASGI ``receive`` channel directly: a single-message body (the usual case) is
     returned as is, without joining chunks.
     """
+    check_media(request, accepted)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(

@@ -27,7 +27,7 @@ from modelhost import __version__
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.health import Readiness
-from modelhost.api.v1 import json_response, read_body
+from modelhost.api.v1 import JSON_MEDIA, json_response, read_body
 from modelhost.errors import InvalidInput, ModelhostError
 from modelhost.protocol.v2 import (
     EXTENSIONS,
@@ -66,6 +66,9 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+#: JSON, and the binary tensor extension.
+V2_MEDIA = (*JSON_MEDIA, "application/octet-stream")
 
 
 def v2_error_response(exc: ModelhostError, rid: str) -> Response:
@@ -264,7 +267,7 @@ class _Endpoints:
     async def infer(self, model: str, version: str | None, request: Request) -> Response:
         """Decode, run through the data plane, encode (JSON or binary tensor data)."""
         info = await self.manager.resolve(model, version)
-        body = await read_body(request, self.plane.max_request_bytes(info))
+        body = await read_body(request, self.plane.max_request_bytes(info), V2_MEDIA)
         v2 = parse_rest_request(body, request.headers.get(_HEADER_LENGTH))
         ireq = to_inference_request(
             v2, info, request_id(request), "v2", principal_of(request.scope)

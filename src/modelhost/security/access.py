@@ -45,8 +45,7 @@ def _texts(item: Any) -> list[str]:
     if isinstance(item, dict):
         if isinstance(item.get("messages"), list):
             return user_texts(item["messages"])
-        if isinstance(item.get("prompt"), str):
-            return [item["prompt"]]
+        return [item[key] for key in ("prompt", "text", "input") if isinstance(item.get(key), str)]
     return []
 
 
