@@ -4,7 +4,7 @@
 #
 #   benchmarks/peers.sh                       # default: starlette mlserver_batch bentoml_batch
 #                                             #   modelhost modelhost_inline modelhost_batch
-#   benchmarks/peers.sh starlette mlserver_batch modelhost modelhost_uvicorn
+#   benchmarks/peers.sh starlette mlserver_batch modelhost modelhost_granian
 #   RUNS=3 DUR=10 CONCS="1 16 64" TOOLS="wrk py" benchmarks/peers.sh ...
 #
 # 1. copies the harness (../shared/bench, or $PEERBENCH_SRC) to $PEERBENCH (default
@@ -22,10 +22,10 @@
 # the peers have no authentication, so MODELHOST_AUTH__ENABLED=false, and the default rate limit
 # of the (then anonymous) caller, 6,000 requests/minute, is raised out of reach; the limiter
 # still runs on every request):
-#   modelhost          defaults (Granian; inference in the thread pool)
+#   modelhost          defaults (uvicorn; inference in the thread pool)
 #   modelhost_inline   manifest options.inline: true (model called on the event loop)
 #   modelhost_batch    manifest batching: {max_batch_size: 32, max_batch_delay_ms: 2}
-#   modelhost_uvicorn  serve --server uvicorn
+#   modelhost_granian  serve --server granian
 #   modelhost_before   the code under $BEFORE_SRC with this venv, e.g.
 #                      git archive <rev> src | tar -x -C /tmp/before; BEFORE_SRC=/tmp/before/src
 set -euo pipefail
@@ -61,7 +61,7 @@ import json
 rows = json.load(open('bodies/instances_1.json'))['instances']
 open('bodies/modelhost_1.json', 'w').write(json.dumps({'inputs': rows}))"
 
-for case_ in modelhost modelhost_inline modelhost_batch modelhost_uvicorn modelhost_before; do
+for case_ in modelhost modelhost_inline modelhost_batch modelhost_granian modelhost_before; do
   dir="$BENCH/modelhost/$case_"
   rm -rf "$dir"; mkdir -p "$dir/cancer-1.0.0"
   cp model/model.joblib "$dir/cancer-1.0.0/model.joblib"

@@ -18,7 +18,7 @@ CASE = """\
                CWD=.; PORT=8010; MHARGS=""
                MHENV="MODELHOST_HOME=$ROOT/modelhost/$n/home MODELHOST_AUTH__ENABLED=false"
                MHENV="$MHENV MODELHOST_LIMITS__REQUESTS_PER_MINUTE=1000000000"
-               [ "$n" = modelhost_uvicorn ] && MHARGS="--server uvicorn"
+               [ "$n" = modelhost_granian ] && MHARGS="--server granian"
                [ "$n" = modelhost_before ] && MHENV="$MHENV PYTHONPATH=${BEFORE_SRC:?}"
                CMD="env $MHENV $MODELHOST serve --no-demo --grpc-port 0"
                CMD="$CMD --host 127.0.0.1 --port $PORT --log-level warning $MHARGS"
@@ -27,20 +27,20 @@ CASE = """\
 """
 
 DESC = {
-    "modelhost": "modelhost serve (Granian; full request path: request id, JSON + input-schema "
+    "modelhost": "modelhost serve (uvicorn; full request path: request id, JSON + input-schema "
     "validation, limits, Prometheus metrics; inference in its thread pool)",
     "modelhost_inline": "modelhost, manifest options.inline: true (model called on the event "
     "loop, no thread hop)",
     "modelhost_batch": "modelhost, manifest batching max_batch_size=32 max_batch_delay_ms=2 "
     "(thread pool)",
-    "modelhost_uvicorn": "modelhost serve --server uvicorn (uvloop + httptools), thread pool",
+    "modelhost_granian": "modelhost serve --server granian, thread pool",
     "modelhost_before": "modelhost before the hot-path work (code from BEFORE_SRC; uvicorn)",
 }
 ORDER = [
     "modelhost",
     "modelhost_inline",
     "modelhost_batch",
-    "modelhost_uvicorn",
+    "modelhost_granian",
     "modelhost_before",
 ]
 

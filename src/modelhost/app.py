@@ -254,7 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
     api_errors.install(app)
     app.include_router(health.build_router(services.manager, readiness))
-    app.include_router(v1.build_router(services.plane))
+    app.include_router(v1.build_router(services.plane, services.keys.audit))
     app.include_router(metrics_api.build_router(services.metrics))
     app.include_router(openai_api.build_router(services.plane))
     app.include_router(v2_api.build_router(services.plane, readiness))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelhost.config import HttpServer, Settings
-from modelhost.errors import ModelhostError
+from modelhost.errors import MissingDependencyError, ModelhostError
 from modelhost.registry import Registry, Stage
 
 app = typer.Typer(
@@ -50,10 +50,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _serve_granian(settings: Settings, log_level: str) -> None:
-    """Granian (Rust HTTP server, ASGI interface with lifespan): the default, faster server."""
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.log import LogLevels
+    """Granian (Rust HTTP server; the ASGI interface runs the lifespan in every worker)."""
+    try:
+        from granian import Granian
+        from granian.constants import HTTPModes, Interfaces, Loops
+        from granian.log import LogLevels
+    except ImportError:
+        raise _fail(MissingDependencyError("granian", extra="granian").message) from None
 
     Granian(
         "modelhost.app:create_app",
@@ -70,7 +73,7 @@ def _serve_granian(settings: Settings, log_level: str) -> None:
 
 
 def _serve_uvicorn(settings: Settings, log_level: str) -> None:
-    """uvicorn with uvloop and httptools."""
+    """uvicorn with uvloop and httptools (the default)."""
     import uvicorn
 
     uvicorn.run(
@@ -96,7 +99,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Server processes on one port.")] = None,
     server: Annotated[
         HttpServer | None,
-        typer.Option(help="HTTP server: granian (default, faster) or uvicorn."),
+        typer.Option(help="HTTP server: uvicorn (default) or granian."),
     ] = None,
     demo: Annotated[bool, typer.Option(help="Build and serve the demo models.")] = True,
     auth: Annotated[

@@ -24,8 +24,8 @@ def _default_threads() -> int:
 class HttpServer(StrEnum):
     """The HTTP server ``modelhost serve`` runs the ASGI app on."""
 
-    GRANIAN = "granian"  #: Granian (Rust, HTTP/1.1 + uvloop): the faster one, default
-    UVICORN = "uvicorn"  #: uvicorn with uvloop and httptools
+    UVICORN = "uvicorn"  #: uvicorn with uvloop and httptools: one process, default
+    GRANIAN = "granian"  #: Granian (Rust HTTP/1.1, uvloop): a supervisor plus worker processes
 
 
 class ServerSettings(BaseModel):
@@ -41,9 +41,9 @@ class ServerSettings(BaseModel):
     """Server processes sharing the port."""
     access_log: bool = False
     """Log one line per request (off by default: it costs throughput)."""
-    http_server: HttpServer = HttpServer.GRANIAN
-    """Which HTTP server runs the app; Granian answers single-row predicts faster than
-    uvicorn (see docs/performance.md)."""
+    http_server: HttpServer = HttpServer.UVICORN
+    """Which HTTP server runs the app. Measured on single-row predicts, uvicorn was as fast as
+    Granian or faster and uses less memory (docs/performance.md), so it is the default."""
 
 
 class InferenceSettings(BaseModel):

@@ -48,6 +48,10 @@ def test_unload_then_load_while_serving(lone: Server) -> None:
         loaded = client.post("/v1/models/svc/versions/1.0.0/load")
         assert loaded.status_code == 200
         assert loaded.json()["state"] == "ready"
+        audit = client.get("/v1/audit").json()["data"]
+        actions = [(e["action"], e["target"], e["actor"]) for e in audit]
+        assert ("model.unload", "svc@1.0.0", "system/tests") in actions
+        assert ("model.load", "svc@1.0.0", "system/tests") in actions
 
 
 def test_push_and_promote_are_picked_up_without_restart(lone: Server, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ from modelhost.api.errors import request_id
 from modelhost.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
 from modelhost.registry import ModelInfo, Stage, VersionInfo
+from modelhost.security.keys import Auditor
 from modelhost.serving.dataplane import DataPlane, InferenceRequest
 from modelhost.serving.models import Deployment, ModelManager
 
@@ -221,10 +223,17 @@ class LeanRoute(APIRoute):
         return handler
 
 
-def build_router(plane: DataPlane) -> APIRouter:
-    """The v1 routes, bound to one data plane."""
+def build_router(plane: DataPlane, audit: Auditor | None = None) -> APIRouter:
+    """The v1 routes, bound to one data plane; ``audit`` records load and unload."""
     manager = plane.manager
     router = APIRouter(tags=["v1"])
+
+    async def record(request: Request, action: str, target: str) -> None:
+        if audit is not None:
+            who = principal_of(request.scope)
+            client = request.client
+            source = f"{client.host}:{client.port}" if client else "unknown"
+            await asyncio.to_thread(audit, who.id, who.tenant, action, target, source)
 
     @router.get("/v1/models", summary="List models (OpenAI list shape, with modelhost fields)")
     async def list_models() -> Response:
@@ -272,8 +281,9 @@ def build_router(plane: DataPlane) -> APIRouter:
     @router.post(
         "/v1/models/{model}/versions/{version}/load", summary="Load a version", responses=_ERRORS
     )
-    async def load(model: str, version: str) -> Response:
+    async def load(model: str, version: str, request: Request) -> Response:
         info = await manager.resolve(model, version)
+        await record(request, "model.load", info.ref)
         dep = await manager.load(info)
         status = 200 if dep.error is None else 503
         return json_response({"model": model, **version_metadata(info, dep)}, status)
@@ -283,8 +293,9 @@ def build_router(plane: DataPlane) -> APIRouter:
         summary="Unload a version",
         responses=_ERRORS,
     )
-    async def unload(model: str, version: str) -> Response:
+    async def unload(model: str, version: str, request: Request) -> Response:
         info = await manager.resolve(model, version)
+        await record(request, "model.unload", info.ref)
         dep = await manager.unload(info.ref)
         return json_response({"model": model, **version_metadata(info, dep)})
 

@@ -234,6 +234,10 @@ def build_gemma(root: Path) -> list[Path]:
             "parameters": {"max_tokens": 128, "temperature": 0.7},
             "parameters_schema": llm_parameters_schema(),
             "limits": {"max_batch_items": 8, "timeout_ms": 120000},
+            "guards": {
+                "output": {"redact": ["email", "phone", "credit_card", "iban", "us_ssn"]},
+                "prompt_injection": {"action": "flag", "threshold": 0.5},
+            },
             "max_tokens": 2048,
             "supported_languages": ["en"],
             "pricing": {"input": 0.0001, "output": 0.0002, "unit": "1k_tokens"},

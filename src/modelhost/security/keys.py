@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, select
 from sqlalchemy.engine import Engine
@@ -111,6 +111,13 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(String(256))
     source: Mapped[str] = mapped_column(String(128))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Auditor(Protocol):
+    """Records one administrative action (see :meth:`KeyStore.audit`)."""
+
+    def __call__(self, actor: str, tenant: str, action: str, target: str, source: str) -> None:
+        """Record ``action`` on ``target`` by ``actor`` of ``tenant`` from ``source``."""
 
 
 @dataclass(frozen=True, slots=True)
