@@ -21,7 +21,7 @@ from modelhost.api import v2 as v2_api
 from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.config import Settings
-from modelhost.errors import MissingDependencyError
+from modelhost.errors import Conflict, MissingDependencyError
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.security.access import AccessControl
@@ -151,16 +151,19 @@ def bootstrap_admin_key(services: Services) -> str | None:
     stored). Returns the key, or None when keys exist already or auth is off."""
     if not services.settings.auth.enabled or services.keys.count() > 0:
         return None
-    secret, info = services.keys.create(
-        NewKey(
-            tenant="system",
-            principal="admin",
-            scopes=[Scope.ADMIN.value],
-            description="created on first start",
-        ),
-        actor="modelhost",
-        source="first-start",
+    admin = NewKey(
+        tenant="system",
+        principal="admin",
+        scopes=[Scope.ADMIN.value],
+        description="created on first start",
     )
+    try:
+        # a fixed id: of several workers starting at once, one creates it, the others stop here
+        secret, info = services.keys.create(
+            admin, actor="modelhost", source="first-start", key_id="admin0"
+        )
+    except Conflict:
+        return None
     banner = (
         "\n" + "=" * 78 + "\n"
         f"  modelhost created an admin API key (id {info.id}); it is shown only this once:\n\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -23,7 +25,7 @@ def build_router(manager: ModelManager, readiness: Readiness) -> APIRouter:
 
     @router.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     @router.get("/readyz", summary="Readiness: start-up loading finished")
     async def readyz() -> Response:

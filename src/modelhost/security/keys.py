@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from modelhost.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from modelhost.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from modelhost.registry.db import Base, utcnow
 
 KEY_PREFIX = "mhk_"
@@ -209,11 +210,21 @@ class KeyStore:
         self._session = sessionmaker(engine, expire_on_commit=False)
         self._cache: dict[str, tuple[float, ApiKeyRow | None]] = {}
 
-    def create(self, spec: NewKey, *, actor: str, source: str = "cli") -> tuple[str, KeyInfo]:
+    def create(
+        self, spec: NewKey, *, actor: str, source: str = "cli", key_id: str | None = None
+    ) -> tuple[str, KeyInfo]:
         """Create a key; returns the secret key string (shown once) and its record.
+
+        Args:
+            spec: tenant, principal, scopes, limits.
+            actor: who creates it (audit).
+            source: from where (audit).
+            key_id: a fixed id (the first-start admin key), so that concurrent creators
+                conflict instead of making two; random otherwise.
 
         Raises:
             InvalidInput: an unknown scope, or an empty tenant or principal.
+            Conflict: a key with ``key_id`` exists already.
         """
         known = {s.value for s in Scope}
         unknown = sorted(set(spec.scopes) - known)
@@ -224,7 +235,7 @@ class KeyStore:
             )
         if not spec.tenant or not spec.principal:
             raise InvalidInput("a key needs a tenant and a principal", param="tenant")
-        key_id = secrets.token_hex(8)
+        key_id = key_id or secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_hex(16)
         row = ApiKeyRow(
@@ -241,17 +252,13 @@ class KeyStore:
             created_by=actor,
             expires_at=spec.expires_at,
         )
-        with self._session.begin() as session:
-            session.add(row)
-            self._audit(
-                session,
-                actor,
-                spec.tenant,
-                "key.create",
-                key_id,
-                source,
-                {"principal": spec.principal, "scopes": row.scopes},
-            )
+        detail = {"principal": spec.principal, "scopes": row.scopes}
+        try:
+            with self._session.begin() as session:
+                session.add(row)
+                self._audit(session, actor, spec.tenant, "key.create", key_id, source, detail)
+        except IntegrityError:
+            raise Conflict(f"an API key with id {key_id!r} exists already") from None
         return f"{KEY_PREFIX}{key_id}_{secret}", _info(row)
 
     def _cached(self, key_id: str) -> tuple[bool, ApiKeyRow | None]:
