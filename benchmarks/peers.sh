@@ -64,6 +64,7 @@ open('bodies/modelhost_1.json', 'w').write(json.dumps({'inputs': rows}))"
 for case_ in modelhost modelhost_inline modelhost_batch modelhost_granian modelhost_before; do
   dir="$BENCH/modelhost/$case_"
   rm -rf "$dir"; mkdir -p "$dir/cancer-1.0.0"
+  cp bodies/modelhost_1.json "bodies/$case_.json"
   cp model/model.joblib "$dir/cancer-1.0.0/model.joblib"
   {
     echo "name: cancer"
@@ -85,7 +86,19 @@ for case_ in modelhost modelhost_inline modelhost_batch modelhost_granian modelh
   fi
   MODELHOST_HOME="$dir/home" "$MODELHOST" models push "$dir/cancer-1.0.0" --stage production \
     >/dev/null
+  # auth stays on: a real API key (rate limit counted on every request, set out of reach), sent
+  # by wrk/post.lua, which reads bodies/<case>.key beside bodies/<case>.json
+  MODELHOST_HOME="$dir/home" "$MODELHOST" keys create --tenant bench --principal wrk \
+    --scope predict --rpm 1000000000 | tail -n 1 | tr -d '\n' > "bodies/$case_.key"
 done
+cp "$SRC/wrk/post.lua" wrk/post.lua
+cat >> wrk/post.lua <<'LUA'
+local key_file = io.open((path:gsub("%.json$", ".key")), "rb")
+if key_file then
+  wrk.headers["Authorization"] = "Bearer " .. key_file:read("*a")
+  key_file:close()
+end
+LUA
 
 # -- register the cases in the harness (on fresh copies of its two files) ----------------------
 cp "$SRC/run_all.sh" run_all.sh; cp "$SRC/scripts/make_table.py" scripts/make_table.py

@@ -16,14 +16,13 @@ from pathlib import Path
 CASE = """\
     modelhost*)
                CWD=.; PORT=8010; MHARGS=""
-               MHENV="MODELHOST_HOME=$ROOT/modelhost/$n/home MODELHOST_AUTH__ENABLED=false"
-               MHENV="$MHENV MODELHOST_LIMITS__REQUESTS_PER_MINUTE=1000000000"
+               MHENV="MODELHOST_HOME=$ROOT/modelhost/$n/home"
                [ "$n" = modelhost_granian ] && MHARGS="--server granian"
                [ "$n" = modelhost_before ] && MHENV="$MHENV PYTHONPATH=${BEFORE_SRC:?}"
                CMD="env $MHENV $MODELHOST serve --no-demo --grpc-port 0"
                CMD="$CMD --host 127.0.0.1 --port $PORT --log-level warning $MHARGS"
                READY=/readyz; URL=/v1/models/cancer/predict
-               BODY=bodies/modelhost_1.json; EXPECT='"results"';;
+               BODY=bodies/$n.json; EXPECT='"results"';;
 """
 
 DESC = {

@@ -272,17 +272,7 @@ class OpenAIRoutes:
         body, size = await self._parse(request, ChatCompletionRequest)
         ireq, _ = await self._request(request, body, size, _GENERATES)
         ireq.inputs, ireq.parameters = [body.input_item()], body.parameters()
-        if body.stream:
-            return await self._stream(ireq, body, _chat_param)
-        response = await self._infer(ireq, _chat_param)
-        shape = Completion(
-            id=_new_id(chat=True),
-            created=response.created,
-            model=response.model,
-            fingerprint=_fingerprint(response.version),
-            chat=True,
-        )
-        return self._answer(shape.response(response.results, response.usage), response.version)
+        return await self._complete(ireq, body, _chat_param, chat=True)
 
     async def completions(self, request: Request) -> Response:
         """``POST /v1/completions``: several prompts run as one data-plane call."""
@@ -291,15 +281,21 @@ class OpenAIRoutes:
         prompts = body.prompts()
         rename = _item_param("prompt", single=isinstance(body.prompt, str))
         ireq.inputs, ireq.parameters = [{"prompt": p} for p in prompts], body.parameters()
+        return await self._complete(ireq, body, rename, chat=False)
+
+    async def _complete(
+        self, ireq: InferenceRequest, body: Any, rename: Any, *, chat: bool
+    ) -> Response:
+        """Stream, or answer at once in the chat or completion shape."""
         if body.stream:
             return await self._stream(ireq, body, rename)
         response = await self._infer(ireq, rename)
         shape = Completion(
-            id=_new_id(chat=False),
+            id=_new_id(chat=chat),
             created=response.created,
             model=response.model,
             fingerprint=_fingerprint(response.version),
-            chat=False,
+            chat=chat,
         )
         return self._answer(shape.response(response.results, response.usage), response.version)
 

@@ -141,8 +141,9 @@ class _Batch:
     timer: asyncio.TimerHandle | None = None
 
 
-def _settle(future: asyncio.Future[Prediction], outcome: Prediction | BaseException) -> None:
-    """Hand a result or an error to a waiting caller, unless it stopped waiting."""
+def settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Hand a result or an error to a waiting caller, unless it stopped waiting (timeout,
+    cancel); used from the loop side of thread hand-offs too."""
     if future.done():
         return
     if isinstance(outcome, BaseException):
@@ -255,16 +256,16 @@ class AdaptiveBatcher:
             parts = split_prediction(await self._call(inputs, parameters), sizes)
         except ServiceError as exc:  # timeout or not ready: retrying alone would not help
             for member in members:
-                _settle(member.future, exc)
+                settle(member.future, exc)
             return
         except Exception as exc:  # one bad request must fail alone
             if len(members) == 1:
-                _settle(members[0].future, exc)
+                settle(members[0].future, exc)
                 return
             await asyncio.gather(*(self._alone(parameters, m) for m in members))
             return
         for member, part in zip(members, parts, strict=True):
-            _settle(member.future, part)
+            settle(member.future, part)
 
     async def _alone(self, parameters: dict[str, Any], member: _Member) -> None:
         if member.future.done():
@@ -273,7 +274,7 @@ class AdaptiveBatcher:
             outcome: Prediction | BaseException = await self._call(member.inputs, parameters)
         except Exception as exc:  # this member's own error, handed to its caller
             outcome = exc
-        _settle(member.future, outcome)
+        settle(member.future, outcome)
 
     async def close(self) -> None:
         """Refuse new requests, flush the open batches now and wait for every call to end."""

@@ -25,7 +25,12 @@ from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
 from modelhost.security.access import AccessControl
 from modelhost.security.keys import Principal
-from modelhost.serving.batching import AdaptiveBatcher, batching_enabled, observed_predict
+from modelhost.serving.batching import (
+    AdaptiveBatcher,
+    batching_enabled,
+    observed_predict,
+    settle,
+)
 from modelhost.serving.models import Deployment, ModelManager, Validator
 
 _DONE = object()
@@ -116,17 +121,7 @@ def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future
     except BaseException as exc:  # handed to the awaiting caller, raised there
         outcome = exc
     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-        loop.call_soon_threadsafe(_settle, future, outcome)
-
-
-def _settle(future: Future[Any], outcome: Any) -> None:
-    """Loop side: resolve ``future`` unless the caller stopped waiting (timeout, cancel)."""
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+        loop.call_soon_threadsafe(settle, future, outcome)
 
 
 def _expire(future: Future[Any], ref: str, timeout: float) -> None:
