@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -231,7 +232,7 @@ def main() -> None:
 
         started = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        ox = OnnxEncoder(onnx_path, tokenizer, st.max_seq_length, args.threads)
+        ox = OnnxEncoder(onnx_path, tokenizer, int(st.max_seq_length or 256), args.threads)
         print(f"load onnxruntime session + tokenizer: {time.perf_counter() - started:.2f} s")
 
         def st_encode(texts: list[str]) -> np.ndarray:
@@ -271,14 +272,16 @@ def main() -> None:
                 iters = args.iters if len(texts) == 1 else max(10, args.iters // 8)
                 order = list(backends) if r % 2 == 0 else list(reversed(backends))
                 for name in order:
-                    times = _timed(lambda f=backends[name], t=texts: f(t), iters)
+                    times = _timed(functools.partial(backends[name], texts), iters)
                     entry = stats.setdefault((case, name), {"p50": [], "p99": []})
                     entry["p50"].append(_p(times, 0.5))
                     entry["p99"].append(_p(times, 0.99))
             print(f"  round {r + 1}/{args.rounds} done (load avg {os.getloadavg()[0]:.2f})")
 
         print(f"\nmedians over {args.rounds} interleaved rounds (ms, end to end incl. tokenising)")
-        print(f"{'case':<20}{'torch p50':>10}{'p99':>8}{'onnx p50':>10}{'p99':>8}{'torch/onnx':>12}")
+        print(
+            f"{'case':<20}{'torch p50':>10}{'p99':>8}{'onnx p50':>10}{'p99':>8}{'torch/onnx':>12}"
+        )
         for case in cases:
             t, o = stats[(case, "torch")], stats[(case, "onnx")]
             ratios = [x / y for x, y in zip(t["p50"], o["p50"], strict=True)]

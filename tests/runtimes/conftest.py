@@ -20,6 +20,17 @@ def load_runtime(directory: Path) -> Runtime:
     return runtime
 
 
+def load_torch_embeddings(directory: Path) -> Runtime:
+    """The sentence-transformers (torch) runtime of a minilm directory, whatever its backend."""
+    from modelhost.runtimes.embeddings import EmbeddingsRuntime
+
+    runtime = EmbeddingsRuntime(
+        RuntimeContext(manifest=load_manifest(directory), path=directory, threads=2)
+    )
+    runtime.load()
+    return runtime
+
+
 @pytest.fixture(scope="session")
 def iris_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return build_iris(tmp_path_factory.mktemp("iris"))

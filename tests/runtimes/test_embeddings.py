@@ -7,11 +7,11 @@ import pytest
 
 from modelhost.errors import InvalidInput
 from modelhost.runtimes.embeddings import EmbeddingsRuntime
-from tests.runtimes.conftest import load_runtime
+from tests.runtimes.conftest import load_torch_embeddings
 
 
 def test_minilm_vectors_tokens_and_dimensions(minilm_dir: Path) -> None:
-    runtime = load_runtime(minilm_dir)
+    runtime = load_torch_embeddings(minilm_dir)
     assert isinstance(runtime, EmbeddingsRuntime)
     assert runtime.metadata()["dimensions"] == 384
     prediction = runtime.predict(["hello world", {"text": "hi"}], {})

@@ -18,7 +18,11 @@ _CLASSES: dict[RuntimeKind, str] = {
 
 def create_runtime(context: RuntimeContext) -> Runtime:
     """Build (not load) the runtime named by the manifest."""
-    module_name, _, class_name = _CLASSES[context.manifest.runtime].partition(":")
+    manifest = context.manifest
+    path = _CLASSES[manifest.runtime]
+    if manifest.runtime is RuntimeKind.EMBEDDINGS and manifest.options.get("backend") == "onnx":
+        path = "modelhost.runtimes.embeddings_onnx:EmbeddingsOnnxRuntime"
+    module_name, _, class_name = path.partition(":")
     cls: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
     return cls(context)
 
