@@ -314,3 +314,20 @@ def test_limits_are_shared_by_two_servers_on_one_redis(tmp_path: Path) -> None:
         stop_server(first)
         stop_server(second)
         redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def test_grpc_burst_over_the_limit_is_resource_exhausted(secured: Server) -> None:
+    document = np.array([b'{"text": "hi"}'], dtype=np.object_)
+    tensor = triton_grpc.InferInput("input", [1], "BYTES")
+    tensor.set_data_from_numpy(document)
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{secured.grpc_port}")
+    try:
+        client.register_plugin(BearerAuth(_key(secured, "predict", rpm=2)))
+        for _ in range(2):
+            assert client.infer("echo", [tensor]).as_numpy("output") is not None
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("echo", [tensor])
+    finally:
+        client.close()
+    assert refused.value.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "request rate" in str(refused.value.message())
