@@ -253,7 +253,7 @@ def build_gemma(root: Path) -> list[Path]:
             "supported_languages": ["en"],
             "pricing": {"input": 0.0001, "output": 0.0002, "unit": "1k_tokens"},
             "card": {
-                "description": "Gemma 3 270M instruction-tuned, 4-bit (Q4_K_M) GGUF.",
+                "description": "Gemma 3 270M, 4-bit (Q4_K_M) GGUF, with the Gemma chat format.",
                 "intended_use": "Demonstration of LLM serving on a CPU; short answers.",
                 "training_data": "See Google's Gemma 3 model card.",
                 "license": "Gemma Terms of Use",
