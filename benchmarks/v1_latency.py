@@ -70,9 +70,22 @@ def _pcts(samples: list[float]) -> str:
     return f"p50 {p50:7.3f} ms   p99 {p99:7.3f} ms"
 
 
-def _http(port: int, n: int) -> list[float]:
+def _key(home: Path) -> str:
+    """A real API key (auth stays on, as by default), with a rate limit out of reach."""
+    from modelhost.registry import make_engine
+    from modelhost.security.keys import KeyStore, NewKey
+
+    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
+    spec = NewKey(tenant="bench", principal="latency", scopes=["predict"], rpm=10**9)
+    secret, _ = KeyStore(engine).create(spec, actor="bench")
+    engine.dispose()
+    return secret
+
+
+def _http(port: int, n: int, key: str) -> list[float]:
     out = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
         for i in range(n + 200):
             t0 = time.perf_counter()
             response = client.post("/v1/models/iris/predict", json={"inputs": [FLOWER]})
@@ -126,7 +139,7 @@ def main() -> None:
         _stop(proc)
         proc, warm = _start(home, port, args.server)
         try:
-            http = _http(port, args.requests)
+            http = _http(port, args.requests, _key(home))
         finally:
             _stop(proc)
         raw, plane = _in_process(home, args.requests)
