@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from modelhost import __version__
 from modelhost.api import errors as api_errors
 from modelhost.api import health, v1
+from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
 from modelhost.api import openai as openai_api
@@ -22,6 +23,8 @@ from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.config import Settings
 from modelhost.errors import Conflict, MissingDependencyError
+from modelhost.jobs import Backoff, SqlQueue, Worker
+from modelhost.jobs.worker import WorkerOptions
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.security.access import AccessControl
@@ -50,6 +53,8 @@ class Services:
     keys: KeyStore
     authenticator: Authenticator
     access: AccessControl
+    jobs: SqlQueue
+    worker: Worker
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -118,6 +123,21 @@ def build_security(
     return keys, authenticator, AccessControl(limiter, detector)
 
 
+def build_jobs(settings: Settings, registry: Registry, plane: DataPlane) -> tuple[SqlQueue, Worker]:
+    """The job queue in the registry's database and this process's worker (started once the
+    server is ready, stopped by the lifespan)."""
+    queue = SqlQueue(registry.engine)
+    js = settings.jobs
+    options = WorkerOptions(
+        concurrency=js.workers,
+        visibility_timeout=js.visibility_timeout_s,
+        poll_interval=js.poll_interval_s,
+        retention=js.retention_s,
+        backoff=Backoff(base=js.retry_base_s, cap=js.retry_max_s),
+    )
+    return queue, Worker(queue, plane, options)
+
+
 def build_services(settings: Settings) -> Services:
     """Build the object graph (nothing is loaded yet)."""
     registry = build_registry(settings)
@@ -134,6 +154,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         access=access,
     )
+    jobs, worker = build_jobs(settings, registry, plane)
     return Services(
         settings=settings,
         registry=registry,
@@ -143,6 +164,8 @@ def build_services(settings: Settings) -> Services:
         keys=keys,
         authenticator=authenticator,
         access=access,
+        jobs=jobs,
+        worker=worker,
     )
 
 
@@ -191,6 +214,8 @@ async def _start(services: Services, readiness: health.Readiness) -> None:
         log.exception("start-up failed")
         readiness.error = repr(exc)
     readiness.ready = True
+    # after the first registry refresh, so a job never runs against a registry not read yet
+    services.worker.start()
     log.info("modelhost ready")
 
 
@@ -238,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await services.worker.stop()
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             for task in (start, refresher):
@@ -262,6 +288,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_api.build_router(services.plane))
     app.include_router(v2_api.build_router(services.plane, readiness))
     app.include_router(keys_api.build_router(services.keys))
+    app.include_router(
+        jobs_api.build_router(
+            services.jobs,
+            services.worker,
+            max_attempts=settings.jobs.max_attempts,
+            max_body=settings.inference.default_max_request_bytes,
+        )
+    )
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -110,6 +110,26 @@ class DemoSettings(BaseModel):
     """Which demo models to build; a missing optional extra skips that model with a warning."""
 
 
+class JobSettings(BaseModel):
+    """The async job queue and the in-process workers that run it."""
+
+    workers: int = Field(default=2, ge=0)
+    """Jobs each server process runs at once; 0 runs none (the queue still accepts jobs)."""
+    visibility_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds a worker's claim leases a job; a job whose worker stops renewing the lease is
+    claimed again by another worker after this long."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts of a job before it fails; only service errors (not ready, timeout) retry."""
+    retry_base_s: float = Field(default=0.5, gt=0)
+    """Backoff after the first failed attempt; it doubles per attempt, with jitter."""
+    retry_max_s: float = Field(default=30.0, gt=0)
+    """Longest backoff between two attempts."""
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """Seconds finished jobs and their results are kept; a job queued longer expires."""
+    poll_interval_s: float = Field(default=0.2, gt=0)
+    """How often an idle worker looks for jobs submitted through another process."""
+
+
 class Settings(BaseSettings):
     """Every setting of modelhost; one nested model per subsystem."""
 
@@ -133,6 +153,8 @@ class Settings(BaseSettings):
     """Rate limits and budgets."""
     guards: GuardSettings = Field(default_factory=GuardSettings)
     """Input guards."""
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    """Async jobs."""
     redis_url: str | None = None
     """Redis for rate-limit counters shared by every replica; memory when none."""
 

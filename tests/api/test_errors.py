@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -130,6 +131,9 @@ def test_slow_inference_gets_504_and_server_stays_up(client: httpx.Client) -> No
         "/v1/models/echo/predict", json={"inputs": [GOOD], "parameters": {"sleep": 1.0}}
     )
     assert _error(response, 504)["type"] == "timeout_error"
+    # the timed-out call still holds an inference thread until its sleep ends; the server keeps
+    # answering and serves again as soon as a thread is free
+    time.sleep(1.0)
     assert client.post("/v1/models/echo/predict", json={"inputs": [GOOD]}).status_code == 200
 
 

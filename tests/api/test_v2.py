@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -317,3 +318,4 @@ def test_not_ready_is_503_and_timeout_504(client: httpx.Client) -> None:
         "/v2/models/echo/infer", json={"inputs": [documents], "parameters": {"sleep": 1.0}}
     )
     assert "did not answer within" in _v2_error(slow, 504)["error"]
+    time.sleep(1.0)  # let the timed-out call free its inference thread before the next test
