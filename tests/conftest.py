@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy.engine import Engine
 from tritonclient._plugin import InferenceServerClientPlugin
 
 from modelhost.registry import make_engine
+from modelhost.registry.db import Base
 from modelhost.security.keys import KeyStore, NewKey
 
 POSTGRES_URL = os.environ.get(
@@ -247,6 +249,24 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(5)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database engine for backend contract tests: a SQLite file, then PostgreSQL (its
+    modelhost tables dropped before and after, so every test starts empty)."""
+    if request.param == "sqlite":
+        built = make_engine(f"sqlite:///{tmp_path / 'contract.db'}")
+        yield built
+        built.dispose()
+        return
+    stale = make_engine(POSTGRES_URL)
+    Base.metadata.drop_all(stale)
+    stale.dispose()
+    built = make_engine(POSTGRES_URL)
+    yield built
+    Base.metadata.drop_all(built)
+    built.dispose()
 
 
 @pytest.fixture(scope="session")

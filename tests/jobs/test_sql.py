@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from modelhost.jobs import JobStatus, NewJob, QueueBackend, Retry, SqlQueue
 from modelhost.registry import make_engine
-from modelhost.registry.db import Base
-from tests.conftest import POSTGRES_URL
 
 VISIBILITY = 30.0
 
@@ -31,20 +29,9 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[SqlQueue]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = POSTGRES_URL
-        engine = make_engine(url)
-        Base.metadata.drop_all(engine)
-        engine.dispose()
-    engine = make_engine(url)
-    yield SqlQueue(engine, clock=clock)
-    if request.param == "postgres":
-        Base.metadata.drop_all(engine)
-    engine.dispose()
+@pytest.fixture
+def queue(engine: Engine, clock: Clock) -> SqlQueue:
+    return SqlQueue(engine, clock=clock)
 
 
 def new(tenant: str = "acme", **kwargs: object) -> NewJob:

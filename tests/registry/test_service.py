@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from modelhost.errors import (
     ArtifactIntegrityError,
@@ -17,7 +17,6 @@ from modelhost.errors import (
     VersionNotFound,
 )
 from modelhost.registry import ArtifactStore, Registry, Stage, make_engine
-from modelhost.registry.db import Base
 from tests.conftest import POSTGRES_URL
 
 
@@ -39,20 +38,9 @@ def _version_dir(root: Path, version: str, payload: bytes = b"weights") -> Path:
     return directory
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'registry.db'}"
-    else:
-        url = POSTGRES_URL
-        engine = make_engine(url)
-        Base.metadata.drop_all(engine)
-        engine.dispose()
-    engine = make_engine(url)
-    yield Registry(engine, ArtifactStore(tmp_path / "artifacts"))
-    if request.param == "postgres":
-        Base.metadata.drop_all(engine)
-    engine.dispose()
+@pytest.fixture
+def registry(engine: Engine, tmp_path: Path) -> Registry:
+    return Registry(engine, ArtifactStore(tmp_path / "artifacts"))
 
 
 def test_push_registers_in_staging_with_content_addressed_files(

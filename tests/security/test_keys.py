@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 
 from modelhost.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from modelhost.registry import make_engine
-from modelhost.registry.db import Base
 from modelhost.security.keys import ApiKeyRow, KeyStore, NewKey, Scope
-from tests.conftest import POSTGRES_URL
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
-    url = f"sqlite:///{tmp_path / 'keys.db'}" if request.param == "sqlite" else POSTGRES_URL
-    engine = make_engine(url)
-    if request.param == "postgres":
-        Base.metadata.drop_all(engine)
-        engine.dispose()
-        engine = make_engine(url)
-    yield KeyStore(engine)
-    if request.param == "postgres":
-        Base.metadata.drop_all(engine)
-    engine.dispose()
+@pytest.fixture
+def store(engine: Engine) -> KeyStore:
+    return KeyStore(engine)
 
 
 def test_key_is_shown_once_and_stored_hashed(store: KeyStore) -> None:
