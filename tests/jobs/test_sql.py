@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -34,8 +35,8 @@ def queue(engine: Engine, clock: Clock) -> SqlQueue:
     return SqlQueue(engine, clock=clock)
 
 
-def new(tenant: str = "acme", **kwargs: object) -> NewJob:
-    fields: dict[str, object] = {
+def new(tenant: str = "acme", **kwargs: Any) -> NewJob:
+    fields: dict[str, Any] = {
         "tenant": tenant,
         "model": "echo",
         "inputs": [{"text": "hi"}],
@@ -43,7 +44,7 @@ def new(tenant: str = "acme", **kwargs: object) -> NewJob:
         "principal": {"subject": "alice", "scopes": ["predict", "jobs"]},
     }
     fields.update(kwargs)
-    return NewJob(**fields)  # type: ignore[arg-type]
+    return NewJob(**fields)
 
 
 def test_enqueue_stores_a_queued_job_as_json(queue: QueueBackend, clock: Clock) -> None:

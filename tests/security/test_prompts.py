@@ -108,7 +108,7 @@ def test_template_errors() -> None:
     with pytest.raises(ConfigError):
         TEMPLATE.render(email="a", language="b", extra="c")
     with pytest.raises(InvalidInput):
-        TEMPLATE.render(email="a", language=42)  # type: ignore[arg-type]
+        TEMPLATE.render(email="a", language=42)  # type: ignore[arg-type]  # the wrong type is the test
     assert TEMPLATE.placeholders == frozenset({"email", "language"})
 
 

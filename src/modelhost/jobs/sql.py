@@ -121,7 +121,7 @@ class SqlQueue(QueueBackend):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        Base.metadata.create_all(engine, tables=[JobRow.__table__])  # type: ignore[list-item]
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables[JobRow.__tablename__]])
 
     def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Store a queued job, or return the tenant's job with the same idempotency key."""
