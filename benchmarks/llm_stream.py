@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,9 @@ from typing import Any
 
 import httpx
 from openai import OpenAI
+from support import bench_key, free_port
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
@@ -56,18 +50,6 @@ def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
             pass
         time.sleep(0.2)
     raise RuntimeError("modelhost serve exited")
-
-
-def _key(home: Path) -> str:
-    from modelhost.registry import make_engine
-    from modelhost.security.keys import KeyStore, NewKey
-
-    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
-    secret, _ = KeyStore(engine).create(
-        NewKey(tenant="bench", principal="stream", scopes=["predict"], rpm=10**9), actor="bench"
-    )
-    engine.dispose()
-    return secret
 
 
 def _in_process(llm: Any, tokens: list[int], max_tokens: int) -> tuple[float, int, float]:
@@ -115,11 +97,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        port = _port()
+        port = free_port()
         proc = _start(home, port)
         try:
             client = OpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1", api_key=_key(home), max_retries=0
+                base_url=f"http://127.0.0.1:{port}/v1",
+                api_key=bench_key(home, "stream"),
+                max_retries=0,
             )
             gguf = next(home.glob("artifacts/versions/gemma-270m/*/model.gguf"))
             llm = Llama(

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from support import bench_key, free_port
 
 FLOWER = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(home: Path, port: int, server: str) -> tuple[subprocess.Popen[bytes], float]:
@@ -68,18 +62,6 @@ def _pcts(samples: list[float]) -> str:
     p50 = statistics.median(ordered) * 1e3
     p99 = ordered[int(len(ordered) * 0.99)] * 1e3
     return f"p50 {p50:7.3f} ms   p99 {p99:7.3f} ms"
-
-
-def _key(home: Path) -> str:
-    """A real API key (auth stays on, as by default), with a rate limit out of reach."""
-    from modelhost.registry import make_engine
-    from modelhost.security.keys import KeyStore, NewKey
-
-    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
-    spec = NewKey(tenant="bench", principal="latency", scopes=["predict"], rpm=10**9)
-    secret, _ = KeyStore(engine).create(spec, actor="bench")
-    engine.dispose()
-    return secret
 
 
 def _http(port: int, n: int, key: str) -> list[float]:
@@ -134,12 +116,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        port = _port()
+        port = free_port()
         proc, first = _start(home, port, args.server)
         _stop(proc)
         proc, warm = _start(home, port, args.server)
         try:
-            http = _http(port, args.requests, _key(home))
+            http = _http(port, args.requests, bench_key(home, "latency"))
         finally:
             _stop(proc)
         raw, plane = _in_process(home, args.requests)

@@ -150,7 +150,9 @@ def test_burst_over_the_limit_is_429_with_headers(secured: Server) -> None:
     refused = statuses[5]
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "rate_limit_exceeded"
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    retry_after = int(refused.headers["retry-after"])
+    assert retry_after >= 1
+    assert retry_after <= 60
     assert refused.headers["x-ratelimit-limit"] == "5"
     assert refused.headers["x-ratelimit-remaining"] == "0"
     assert int(refused.headers["x-ratelimit-reset"]) >= int(time.time())

@@ -85,16 +85,21 @@ async def settled(queue: SqlQueue, job_id: str, timeout: float = 5) -> Job:
     raise AssertionError(f"job {job_id} did not finish")
 
 
+async def run_to_end(queue: SqlQueue, plane: ScriptedPlane, job_id: str) -> Job:
+    """Run a worker until the job settles, then stop it."""
+    worker = Worker(queue, plane, FAST)
+    worker.start()
+    try:
+        return await settled(queue, job_id)
+    finally:
+        await worker.stop()
+
+
 @pytest.mark.asyncio
 async def test_a_job_runs_as_its_submitter_and_keeps_the_result(queue: SqlQueue) -> None:
     plane = ScriptedPlane()
-    worker = Worker(queue, plane, FAST)
     job = submit(queue)
-    worker.start()
-    try:
-        done = await settled(queue, job.id)
-    finally:
-        await worker.stop()
+    done = await run_to_end(queue, plane, job.id)
     assert done.status is JobStatus.SUCCEEDED
     assert done.result is not None
     assert done.result["results"] == [{"echo": {"text": "hi"}}]
@@ -109,13 +114,8 @@ async def test_a_job_runs_as_its_submitter_and_keeps_the_result(queue: SqlQueue)
 @pytest.mark.asyncio
 async def test_service_errors_retry_with_backoff_until_one_succeeds(queue: SqlQueue) -> None:
     plane = ScriptedPlane(InferenceTimeout("slow"), InferenceTimeout("slow"))
-    worker = Worker(queue, plane, FAST)
     job = submit(queue, max_attempts=3)
-    worker.start()
-    try:
-        done = await settled(queue, job.id)
-    finally:
-        await worker.stop()
+    done = await run_to_end(queue, plane, job.id)
     assert done.status is JobStatus.SUCCEEDED
     assert done.attempts == 3
     assert len(plane.requests) == 3
@@ -124,13 +124,8 @@ async def test_service_errors_retry_with_backoff_until_one_succeeds(queue: SqlQu
 @pytest.mark.asyncio
 async def test_request_errors_fail_at_once_with_the_error_kept(queue: SqlQueue) -> None:
     plane = ScriptedPlane(ModelNotFound("no model 'echo'", param="model"))
-    worker = Worker(queue, plane, FAST)
     job = submit(queue, max_attempts=3)
-    worker.start()
-    try:
-        done = await settled(queue, job.id)
-    finally:
-        await worker.stop()
+    done = await run_to_end(queue, plane, job.id)
     assert done.status is JobStatus.FAILED
     assert done.attempts == 1
     assert done.error == {

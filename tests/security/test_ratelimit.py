@@ -58,7 +58,8 @@ async def test_requests_per_minute_per_principal(limiter: RateLimiter) -> None:
         await limiter.admit(who, info)
     assert refused.value.limit == 3
     assert refused.value.remaining == 0
-    assert 1 <= refused.value.retry_after <= 60
+    assert refused.value.retry_after >= 1
+    assert refused.value.retry_after <= 60
     await limiter.admit(_principal(rpm=3), info)  # someone else is not affected
 
 
