@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from modelhost import __version__
+from modelhost.api import batch as batch_api
 from modelhost.api import errors as api_errors
 from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
@@ -19,14 +21,18 @@ from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
 from modelhost.api import openai as openai_api
 from modelhost.api import v2 as v2_api
+from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.config import Settings
-from modelhost.errors import Conflict, MissingDependencyError
-from modelhost.jobs import Backoff, SqlQueue, Worker
+from modelhost.errors import ConfigError, Conflict, MissingDependencyError
+from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
+from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
+from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_master_secret
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import ArtifactStore, Registry, make_engine
+from modelhost.runtimes import Runtime
 from modelhost.security.access import AccessControl
 from modelhost.security.auth import Authenticator, JwtOptions
 from modelhost.security.injection import InjectionDetector, embedder_from_runtime
@@ -53,8 +59,9 @@ class Services:
     keys: KeyStore
     authenticator: Authenticator
     access: AccessControl
-    jobs: SqlQueue
+    jobs: QueueBackend
     worker: Worker
+    bus: TokenBus
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -66,18 +73,17 @@ def build_registry(settings: Settings) -> Registry:
 
 
 class DetectorProvider:
-    """The injection detector: with embeddings once the configured embedding model's
-    production version is loaded, heuristics only until then."""
+    """The injection detector: with embeddings while the configured embedding model's
+    production version is loaded, heuristics only otherwise. A version unloaded and loaded
+    again (a new runtime) gets a new detector; the old runtime is never called."""
 
     def __init__(self, manager: ModelManager, model: str | None) -> None:
         self._manager = manager
         self._model = model
         self._heuristics = InjectionDetector()
-        self._full: InjectionDetector | None = None
+        self._full: tuple[Runtime, InjectionDetector] | None = None
 
-    def __call__(self) -> InjectionDetector:
-        if self._full is not None:
-            return self._full
+    def _runtime(self) -> Runtime | None:
         for info in self._manager.models():
             if info.name != self._model:
                 continue
@@ -89,9 +95,16 @@ class DetectorProvider:
                     and dep.runtime
                     and dep.state is ModelState.READY
                 ):
-                    self._full = InjectionDetector(embedder_from_runtime(dep.runtime))
-                    return self._full
-        return self._heuristics
+                    return dep.runtime
+        return None
+
+    def __call__(self) -> InjectionDetector:
+        runtime = self._runtime()
+        if runtime is None:
+            return self._heuristics
+        if self._full is None or self._full[0] is not runtime:
+            self._full = (runtime, InjectionDetector(embedder_from_runtime(runtime)))
+        return self._full[1]
 
 
 def build_security(
@@ -123,19 +136,48 @@ def build_security(
     return keys, authenticator, AccessControl(limiter, detector)
 
 
-def build_jobs(settings: Settings, registry: Registry, plane: DataPlane) -> tuple[SqlQueue, Worker]:
-    """The job queue in the registry's database and this process's worker (started once the
-    server is ready, stopped by the lifespan)."""
-    queue = SqlQueue(registry.engine)
+def build_queue(settings: Settings, registry: Registry) -> QueueBackend:
+    """The job queue: records in the registry's database, dispatched by SQL or Redis Streams.
+
+    Raises:
+        ConfigError: the Redis backend without ``redis_url``.
+        MissingDependencyError: the Redis backend without the ``redis`` extra.
+    """
+    if settings.jobs.backend == "redis":
+        if not settings.redis_url:
+            raise ConfigError(
+                "MODELHOST_JOBS__BACKEND=redis needs MODELHOST_REDIS_URL (e.g. redis://host:6379/0)"
+            )
+        from modelhost.jobs.redis import RedisQueue
+
+        return RedisQueue(registry.engine, settings.redis_url, prefix=settings.jobs.redis_prefix)
+    return SqlQueue(registry.engine)
+
+
+def build_jobs(
+    settings: Settings, registry: Registry, plane: DataPlane
+) -> tuple[QueueBackend, Worker, TokenBus]:
+    """The job queue, this process's worker (started once the server is ready, stopped by the
+    lifespan) with its webhook deliverer, and the bus live tokens travel on (Redis pub/sub when
+    ``redis_url`` is set, so any process can follow any job; this process only otherwise)."""
+    queue = build_queue(settings, registry)
     js = settings.jobs
     options = WorkerOptions(
         concurrency=js.workers,
+        claim_batch=js.claim_batch,
         visibility_timeout=js.visibility_timeout_s,
         poll_interval=js.poll_interval_s,
         retention=js.retention_s,
+        drain_timeout=js.drain_timeout_s,
         backoff=Backoff(base=js.retry_base_s, cap=js.retry_max_s),
     )
-    return queue, Worker(queue, plane, options)
+    bus: TokenBus = (
+        RedisBus(settings.redis_url, prefix=f"{js.redis_prefix}:live")
+        if settings.redis_url
+        else MemoryBus()
+    )
+    sidecars = (build_deliverer(settings, queue),)
+    return queue, Worker(queue, plane, options, bus=bus, sidecars=sidecars), bus
 
 
 def build_services(settings: Settings) -> Services:
@@ -154,7 +196,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         access=access,
     )
-    jobs, worker = build_jobs(settings, registry, plane)
+    jobs, worker, bus = build_jobs(settings, registry, plane)
     return Services(
         settings=settings,
         registry=registry,
@@ -166,6 +208,7 @@ def build_services(settings: Settings) -> Services:
         access=access,
         jobs=jobs,
         worker=worker,
+        bus=bus,
     )
 
 
@@ -249,6 +292,41 @@ async def _start_grpc(services: Services, readiness: health.Readiness) -> grpc.a
     )
 
 
+async def close_services(services: Services) -> None:
+    """Release what :func:`build_services` opened (the worker is stopped already)."""
+    await services.manager.close()
+    await services.access.limiter.close()
+    await services.bus.close()
+    services.jobs.close()
+    services.plane.close()
+
+
+async def run_worker(settings: Settings) -> None:
+    """``modelhost worker``: run jobs (no HTTP) until SIGTERM or SIGINT, then finish the
+    running ones (up to ``jobs.drain_timeout_s``) and stop taking new ones."""
+    services = build_services(settings)
+    if settings.jobs.workers < 1:
+        raise ConfigError("modelhost worker needs MODELHOST_JOBS__WORKERS of at least 1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await services.manager.refresh(load=settings.inference.load_on_start)
+    await services.manager.wait_loaded()
+    refresher = asyncio.create_task(_refresh_forever(services))
+    services.worker.start()
+    log.info("modelhost worker %s ready (%s queue)", services.worker.name, settings.jobs.backend)
+    try:
+        await stop.wait()
+        log.info("stopping: finishing running jobs, taking no new ones")
+    finally:
+        await services.worker.stop()
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+        await close_services(services)
+    log.info("modelhost worker stopped")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI application and everything it serves."""
     settings = settings or Settings()
@@ -269,9 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in (start, refresher):
                 task.cancel()
             await asyncio.gather(start, refresher, return_exceptions=True)
-            await services.manager.close()
-            await services.access.limiter.close()
-            services.plane.close()
+            await close_services(services)
 
     app = FastAPI(
         title="modelhost",
@@ -283,19 +359,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
     api_errors.install(app)
     app.include_router(health.build_router(services.manager, readiness))
-    app.include_router(v1.build_router(services.plane, services.keys.audit))
+    submitter = jobs_api.Submitter(
+        services.jobs,
+        services.worker,
+        CallbackPolicy(settings.jobs.webhook_allow),
+        settings.jobs.max_attempts,
+    )
+    app.include_router(v1.build_router(services.plane, services.keys.audit, submitter.submit))
     app.include_router(metrics_api.build_router(services.metrics))
     app.include_router(openai_api.build_router(services.plane))
     app.include_router(v2_api.build_router(services.plane, readiness))
     app.include_router(keys_api.build_router(services.keys))
     app.include_router(
         jobs_api.build_router(
-            services.jobs,
-            services.worker,
-            max_attempts=settings.jobs.max_attempts,
+            submitter,
+            jobs_api.EventStream(services.jobs, services.bus),
             max_body=settings.inference.default_max_request_bytes,
         )
     )
+    app.include_router(batch_api.build_router(services.jobs, services.worker, settings.jobs))
+    app.include_router(webhooks_api.build_router(webhook_master_secret(settings)))
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware)
     return app

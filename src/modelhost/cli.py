@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelhost.cli_jobs import batch_app, jobs_app
 from modelhost.config import HttpServer, Settings
 from modelhost.errors import MissingDependencyError, ModelhostError
 from modelhost.registry import Registry, Stage
@@ -27,6 +28,8 @@ models_app = typer.Typer(
     help="The model registry: push, list, show, promote, archive, alias.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(batch_app, name="batch")
 out = Console()
 err = Console(stderr=True)
 
@@ -139,6 +142,38 @@ def serve(
         _serve_granian(settings, log_level)
     else:
         _serve_uvicorn(settings, log_level)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Job batches run at once (MODELHOST_JOBS__WORKERS).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Queue backend: sql or redis (MODELHOST_JOBS__BACKEND).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run async jobs (no HTTP) from the shared database or Redis, on any machine that
+    reaches them. SIGTERM finishes running jobs and takes no new ones."""
+    import asyncio
+
+    from modelhost.app import run_worker
+
+    if concurrency is not None:
+        os.environ["MODELHOST_JOBS__WORKERS"] = str(concurrency)
+    if backend is not None:
+        os.environ["MODELHOST_JOBS__BACKEND"] = backend
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings()
+        asyncio.run(run_worker(settings))
+    except ModelhostError as exc:
+        raise _fail(exc.message) from None
+    except ValueError as exc:  # settings that do not parse
+        raise _fail(str(exc)) from None
 
 
 @app.command("demo")

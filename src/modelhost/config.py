@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -128,6 +129,33 @@ class JobSettings(BaseModel):
     """Seconds finished jobs and their results are kept; a job queued longer expires."""
     poll_interval_s: float = Field(default=0.2, gt=0)
     """How often an idle worker looks for jobs submitted through another process."""
+    backend: Literal["sql", "redis"] = "sql"
+    """``sql``: the queue is the job table itself (embedded default). ``redis``: jobs are
+    dispatched through Redis Streams consumer groups at ``redis_url`` (the ``redis`` extra);
+    job records stay in the SQL database."""
+    redis_prefix: str = "modelhost:jobs"
+    """Key prefix of the Redis streams, retry set and live-token channels."""
+    claim_batch: int = Field(default=8, ge=1, le=256)
+    """Most queued jobs of one model a worker claims at once and runs as one batch."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long running jobs may take to finish before they go back to the queue."""
+    batch_max_items: int = Field(default=100_000, gt=0)
+    """Most items in one batch."""
+    batch_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    """Largest batch upload (inline body or JSONL file); over it, 413."""
+    webhook_secret: SecretStr | None = None
+    """Master secret that per-tenant webhook signing secrets derive from; set it the same on
+    every machine. Unset: a random one is created in ``home/webhook.key``."""
+    webhook_allow: list[str] = Field(default_factory=list)
+    """Networks (CIDR) or host names that callbacks may reach although private or loopback."""
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    """Delivery attempts of one callback before it is given up."""
+    webhook_retry_base_s: float = Field(default=1.0, gt=0)
+    """Backoff after the first failed delivery; doubles per attempt, with jitter."""
+    webhook_retry_max_s: float = Field(default=300.0, gt=0)
+    """Longest wait between two delivery attempts."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds one delivery attempt may take."""
 
 
 class Settings(BaseSettings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelhost.api.jobs import poll_after
+from modelhost.protocol.jobs import poll_after
 from tests.conftest import (
     Server,
     create_key,
@@ -189,7 +190,10 @@ def test_cancel_stops_a_running_job_and_the_worker_moves_on(http: httpx.Client) 
         ({"model": "echo", "inputs": []}, "inputs"),
         ({"model": "echo", "inputs": [1], "parameters": [1]}, "parameters"),
         ({"model": "echo", "inputs": [1], "priority": "high"}, "priority"),
-        ({"model": "echo", "inputs": [1], "callback_url": "http://x"}, "callback_url"),
+        ({"model": "echo", "inputs": [1], "callback_url": "http://x.invalid"}, "callback_url"),
+        ({"model": "echo", "inputs": [1], "callback_url": "http://127.0.0.1:9/"}, "callback_url"),
+        ({"model": "echo", "inputs": [1], "callback_url": "http://10.0.0.7/"}, "callback_url"),
+        ({"model": "echo", "inputs": [1], "callback_url": "file:///etc/passwd"}, "callback_url"),
         ({"model": "echo", "inputs": [1], "colour": "red"}, "colour"),
     ],
 )
@@ -261,3 +265,128 @@ def _follow_polling_advice(client: httpx.Client, job_id: str) -> list[int]:
 def test_polling_advice_starts_at_half_a_second_doubles_and_caps_at_five() -> None:
     ages = (0.0, 0.4, 0.6, 1.6, 3.6, 7.6, 12.6, 100.0)
     assert [poll_after(age) for age in ages] == [0.5, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+def read_events(
+    client: httpx.Client, job_id: str, headers: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Follow a job's event stream to its end: (event, data, id) per event."""
+    events: list[tuple[str, dict[str, Any], str | None]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name, data, seq = "message", "", None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = line.removeprefix("data: ")
+            elif line.startswith("id: "):
+                seq = line.removeprefix("id: ")
+            elif line == "" and data:
+                events.append((name, json.loads(data), seq))
+                name, data, seq = "message", "", None
+    return events
+
+
+def test_the_event_stream_replays_history_follows_changes_and_resumes(http: httpx.Client) -> None:
+    job = submit(http, {"model": "echo", "inputs": [{"text": "sse"}], "parameters": {"sleep": 0.2}})
+    events = read_events(http, job["job_id"])
+    kinds = [name for name, _, _ in events]
+    assert kinds[0] == "queued"
+    assert kinds[-1] == "succeeded"
+    assert "running" in kinds
+    final = events[-1][1]
+    assert final["job"]["result"]["results"] == [{"echo": {"text": "sse"}}]
+    assert final["attempt"] == 1
+    running_id = next(seq for name, _, seq in events if name == "running")
+    assert running_id is not None
+    resumed = read_events(http, job["job_id"], headers={"Last-Event-ID": running_id})
+    assert [name for name, _, _ in resumed] == ["succeeded"]
+    assert http.get("/v1/jobs/job_000000000000000000000000/events").status_code == 404
+    bad = http.get(f"/v1/jobs/{job['job_id']}/events", params={"after": "x"})
+    assert bad.status_code == 400
+
+
+def test_a_failed_job_ends_its_event_stream_with_the_error(http: httpx.Client) -> None:
+    job = submit(http, {"model": "no-such-model", "inputs": [{"text": "x"}]})
+    events = read_events(http, job["job_id"])
+    name, data, _ = events[-1]
+    assert name == "failed"
+    assert data["error"]["type"] == "ModelNotFound"
+    assert data["job"]["status"] == "failed"
+
+
+def test_listing_jobs_newest_first_with_filters_and_pages(setup: Setup) -> None:
+    key = _bearer(create_key(setup.server.home, "predict", "jobs", tenant="lister"))
+    with httpx.Client(base_url=setup.server.url, timeout=60, headers=key) as client:
+        ids = [
+            submit(client, {"model": "echo", "inputs": [{"text": f"{n}"}]})["job_id"]
+            for n in range(3)
+        ]
+        failing = submit(client, {"model": "no-such-model", "inputs": [{"text": "x"}]})["job_id"]
+        for job_id in [*ids, failing]:
+            wait_for(client, job_id, TERMINAL)
+        listed = client.get("/v1/jobs").json()
+        assert [job["job_id"] for job in listed["data"]] == [failing, *reversed(ids)]
+        failed = client.get("/v1/jobs", params={"status": "failed"}).json()
+        assert [job["job_id"] for job in failed["data"]] == [failing]
+        page = client.get("/v1/jobs", params={"limit": 2}).json()
+        assert page["has_more"] is True
+        rest = client.get("/v1/jobs", params={"limit": 2, "before": page["next_before"]}).json()
+        assert [j["job_id"] for j in page["data"] + rest["data"]] == [failing, *reversed(ids)]
+        assert client.get("/v1/jobs", params={"status": "done"}).status_code == 400
+        assert client.get("/v1/jobs", params={"limit": 500}).status_code == 400
+    with httpx.Client(base_url=setup.server.url, timeout=60, headers=setup.globex) as other:
+        theirs = other.get("/v1/jobs").json()["data"]
+        assert not {job["job_id"] for job in theirs} & {failing, *ids}
+
+
+def test_predict_with_async_true_answers_202_with_a_job(setup: Setup, http: httpx.Client) -> None:
+    inputs = [{"text": "later"}]
+    accepted = http.post("/v1/models/echo/predict", json={"inputs": inputs, "async": True})
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert job["object"] == "job"
+    done = wait_for(http, job["job_id"], TERMINAL)
+    assert done["result"]["results"] == [{"echo": {"text": "later"}}]
+    pinned = http.post("/v1/models/echo@1.0.0/predict", json={"inputs": inputs, "async": True})
+    assert pinned.json()["version"] == "1.0.0"
+    now = http.post("/v1/models/echo/predict", json={"inputs": inputs, "async": False})
+    assert now.status_code == 200
+    assert now.json()["results"] == [{"echo": {"text": "later"}}]
+    wrong = http.post("/v1/models/echo/predict", json={"inputs": inputs, "async": "yes"})
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["param"] == "async"
+    only_predict = _bearer(create_key(setup.server.home, "predict", tenant="acme"))
+    refused = httpx.post(
+        f"{setup.server.url}/v1/models/echo/predict",
+        json={"inputs": inputs, "async": True},
+        headers=only_predict,
+        timeout=30,
+    )
+    assert refused.status_code == 403, refused.text
+
+
+def test_an_llm_job_streams_its_tokens_as_events(client: httpx.Client) -> None:
+    body = {
+        "model": "gemma-270m",
+        "inputs": [{"messages": [{"role": "user", "content": "Count from one to twenty."}]}],
+        "parameters": {"max_tokens": 48, "temperature": 0},
+    }
+    accepted = client.post("/v1/jobs", json=body)
+    assert accepted.status_code == 202, accepted.text
+    events = read_events(client, accepted.json()["job_id"])
+    tokens = [data["text"] for name, data, _ in events if name == "token"]
+    name, final, _ = events[-1]
+    assert name == "succeeded", final
+    text = final["job"]["result"]["results"][0]["text"]
+    # tokens are live: the stream may have joined after the first few, never out of order
+    assert tokens
+    assert text.endswith("".join(tokens))
+    sync = client.post(
+        "/v1/models/gemma-270m/predict",
+        json={"inputs": body["inputs"], "parameters": body["parameters"]},
+    )
+    assert sync.status_code == 200, sync.text
+    assert sync.json()["results"][0]["text"] == text

@@ -228,6 +228,8 @@ def test_malformed_bodies_are_400(client: httpx.Client) -> None:
 
 
 def test_model_not_ready_is_503(client: httpx.Client, sdk: OpenAI) -> None:
+    # a chat call first: the injection detector starts using minilm's runtime
+    sdk.chat.completions.create(model=GEMMA, messages=HELLO, max_tokens=2)
     assert client.post("/v1/models/minilm/versions/1.0.0/unload").status_code == 200
     try:
         with pytest.raises(openai.InternalServerError) as info:
@@ -239,6 +241,9 @@ def test_model_not_ready_is_503(client: httpx.Client, sdk: OpenAI) -> None:
         loaded = client.post("/v1/models/minilm/versions/1.0.0/load")
     assert loaded.json()["state"] == "ready"
     assert len(sdk.embeddings.create(model="minilm", input="hi").data[0].embedding) == 384
+    # the detector follows the reloaded runtime rather than calling the unloaded one
+    reply = sdk.chat.completions.create(model=GEMMA, messages=HELLO, max_tokens=2)
+    assert reply.choices[0].message.content is not None
 
 
 @pytest.mark.asyncio

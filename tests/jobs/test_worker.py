@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from modelhost.errors import InferenceTimeout, ModelNotFound, RateLimited
 from modelhost.jobs import Backoff, Job, JobStatus, NewJob, SqlQueue, Worker
+from modelhost.jobs.events import MemoryBus
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.registry import make_engine
-from modelhost.runtimes import Usage
+from modelhost.runtimes import StreamChunk, Usage
 from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 
 
 class ScriptedPlane:
-    """Answers each call with the next scripted outcome: an exception to raise, or a delay
-    after which it echoes the inputs."""
+    """Answers each request with the next scripted outcome: an exception, or a delay after
+    which it echoes the inputs. Records every ``infer_many`` call's size."""
 
-    def __init__(self, *outcomes: Exception | float) -> None:
+    def __init__(self, *outcomes: Exception | float, tokens: list[str] | None = None) -> None:
         self.outcomes = list(outcomes)
         self.requests: list[InferenceRequest] = []
+        self.calls: list[int] = []
+        self.tokens = tokens or []
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def _one(
+        self,
+        index: int,
+        request: InferenceRequest,
+        on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None,
+    ) -> InferenceResponse | Exception:
         self.requests.append(request)
         outcome = self.outcomes.pop(0) if self.outcomes else 0.0
         if isinstance(outcome, Exception):
-            raise outcome
+            return outcome
+        for token in self.tokens:
+            if on_chunk is not None:
+                await on_chunk(index, StreamChunk(text=token))
+            await asyncio.sleep(0.01)
         await asyncio.sleep(outcome)
         return InferenceResponse(
             id="pred_1",
@@ -38,6 +50,16 @@ class ScriptedPlane:
             created=0,
             results=[{"echo": item} for item in request.inputs],
             usage=Usage(),
+        )
+
+    async def infer_many(
+        self,
+        requests: list[InferenceRequest],
+        on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
+    ) -> list[InferenceResponse | Exception]:
+        self.calls.append(len(requests))
+        return list(
+            await asyncio.gather(*(self._one(i, r, on_chunk) for i, r in enumerate(requests)))
         )
 
 
@@ -49,15 +71,19 @@ def queue(tmp_path: Path) -> Iterator[SqlQueue]:
 
 
 FAST = WorkerOptions(
-    concurrency=1, visibility_timeout=0.3, poll_interval=0.02, backoff=Backoff(0.01, 0.02)
+    concurrency=1,
+    visibility_timeout=0.3,
+    poll_interval=0.02,
+    drain_timeout=0,
+    backoff=Backoff(0.01, 0.02),
 )
 
 
-def submit(queue: SqlQueue, max_attempts: int = 3) -> Job:
+def submit(queue: SqlQueue, max_attempts: int = 3, model: str = "echo") -> Job:
     job, _ = queue.enqueue(
         NewJob(
             tenant="acme",
-            model="echo",
+            model=model,
             inputs=[{"text": "hi"}],
             principal={"subject": "alice", "scopes": ["predict", "jobs"], "key_id": "k1"},
             max_attempts=max_attempts,
@@ -197,3 +223,57 @@ async def test_heartbeats_keep_the_lease_and_a_cancel_stops_the_attempt(queue: S
     final = queue.get("acme", slow.id)
     assert final is not None
     assert final.status is JobStatus.CANCELLED
+
+
+@pytest.mark.asyncio
+async def test_queued_jobs_of_one_model_run_as_one_batch(queue: SqlQueue) -> None:
+    plane = ScriptedPlane()
+    jobs = [submit(queue) for _ in range(5)] + [submit(queue, model="other")]
+    options = WorkerOptions(concurrency=1, claim_batch=4, poll_interval=0.02)
+    worker = Worker(queue, plane, options)
+    worker.start()
+    try:
+        done = [await settled(queue, job.id) for job in jobs]
+    finally:
+        await worker.stop()
+    assert all(job.status is JobStatus.SUCCEEDED for job in done)
+    # four echo jobs in one call, then the fifth, then the other model's job
+    assert plane.calls == [4, 1, 1]
+    assert [r.model for r in plane.requests[-1:]] == ["other"]
+
+
+@pytest.mark.asyncio
+async def test_stopping_lets_running_jobs_finish_within_the_drain_time(queue: SqlQueue) -> None:
+    worker = Worker(queue, ScriptedPlane(0.3), FAST)
+    job = submit(queue)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while await status(queue, job.id) is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    waiting = submit(queue)
+    await asyncio.wait_for(worker.stop(drain=5), 10)
+    finished = queue.get("acme", job.id)
+    assert finished is not None
+    assert finished.status is JobStatus.SUCCEEDED
+    untouched = queue.get("acme", waiting.id)  # submitted after stop began: never claimed
+    assert untouched is not None
+    assert untouched.status is JobStatus.QUEUED
+    assert untouched.attempts == 0
+
+
+@pytest.mark.asyncio
+async def test_a_running_job_publishes_its_tokens_on_the_bus(queue: SqlQueue) -> None:
+    bus = MemoryBus()
+    plane = ScriptedPlane(0.2, tokens=["Hel", "lo"])
+    worker = Worker(queue, plane, FAST, bus=bus)
+    job = submit(queue)
+    async with bus.subscribe(job.id) as events:
+        worker.start()
+        try:
+            first = await asyncio.wait_for(events.get(), 5)
+            second = await asyncio.wait_for(events.get(), 5)
+            await settled(queue, job.id)
+        finally:
+            await worker.stop()
+    assert [first["text"], second["text"]] == ["Hel", "lo"]

@@ -17,7 +17,7 @@ from modelhost.api.errors import request_id
 from modelhost.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
 from modelhost.registry import ModelInfo, Stage, VersionInfo
-from modelhost.security.keys import Auditor
+from modelhost.security.keys import Auditor, Principal
 from modelhost.serving.dataplane import DataPlane, InferenceRequest
 from modelhost.serving.models import Deployment, ModelManager
 
@@ -223,8 +223,38 @@ class LeanRoute(APIRoute):
         return handler
 
 
-def build_router(plane: DataPlane, audit: Auditor | None = None) -> APIRouter:
-    """The v1 routes, bound to one data plane; ``audit`` records load and unload."""
+#: Queues a predict body sent with ``"async": true`` as a job (``api.jobs.Submitter.submit``).
+SubmitJob = Callable[[dict[str, Any], Principal], Coroutine[Any, Any, Response]]
+
+
+def wants_async(payload: dict[str, Any]) -> bool:
+    """Whether a predict body asks to run as a job (``"async": true``); removes the flag."""
+    flag = payload.pop("async", False)
+    if not isinstance(flag, bool):
+        raise InvalidInput("'async' must be true or false", param="async")
+    return flag
+
+
+async def submit_async(
+    submit_job: SubmitJob | None,
+    payload: dict[str, Any],
+    model: str,
+    version: str | None,
+    request: Request,
+) -> Response:
+    """Queue a predict body as a job for the model (pinned as the call pinned it)."""
+    if submit_job is None:
+        raise InvalidInput("async jobs are not available on this server", param="async")
+    name, _, pinned = model.partition("@")
+    reference = f"{name}@{version or pinned}" if version or pinned else name
+    return await submit_job({**payload, "model": reference}, principal_of(request.scope))
+
+
+def build_router(
+    plane: DataPlane, audit: Auditor | None = None, submit_job: SubmitJob | None = None
+) -> APIRouter:
+    """The v1 routes, bound to one data plane; ``audit`` records load and unload;
+    ``submit_job`` takes predict calls sent with ``"async": true``."""
     manager = plane.manager
     router = APIRouter(tags=["v1"])
 
@@ -257,7 +287,10 @@ def build_router(plane: DataPlane, audit: Auditor | None = None) -> APIRouter:
         )
         info = await manager.resolve(ireq.model, ireq.version)
         body = await read_body(request, plane.max_request_bytes(info))
-        ireq.inputs, ireq.parameters = parse_envelope(parse_json(body))
+        payload = parse_json(body)
+        if isinstance(payload, dict) and wants_async(payload):
+            return await submit_async(submit_job, payload, model, version, request)
+        ireq.inputs, ireq.parameters = parse_envelope(payload)
         ireq.version, ireq.body_bytes = info.version, len(body)
         response = await plane.infer(ireq, info)
         return json_response(response.as_v1(), headers={"X-Model-Version": response.version})

@@ -1,4 +1,4 @@
-"""Async jobs: a durable queue of inference requests and the in-process worker that runs them.
+"""Async jobs: a durable queue of inference requests and the workers that run them.
 
 The queue is a :class:`QueueBackend`; the embedded one keeps job rows in the SQL database
 (:class:`SqlQueue`). The worker calls the same ``DataPlane`` as the synchronous path.
@@ -6,8 +6,33 @@ The queue is a :class:`QueueBackend`; the embedded one keeps job rows in the SQL
 
 from __future__ import annotations
 
-from modelhost.jobs.base import Job, JobStatus, NewJob, QueueBackend, Retry
+from modelhost.jobs.base import (
+    Batch,
+    BatchStatus,
+    EventKind,
+    Job,
+    JobEvent,
+    JobStatus,
+    NewBatch,
+    NewJob,
+    QueueBackend,
+    Retry,
+)
 from modelhost.jobs.sql import SqlQueue
 from modelhost.jobs.worker import Backoff, Worker
 
-__all__ = ["Backoff", "Job", "JobStatus", "NewJob", "QueueBackend", "Retry", "SqlQueue", "Worker"]
+__all__ = [
+    "Backoff",
+    "Batch",
+    "BatchStatus",
+    "EventKind",
+    "Job",
+    "JobEvent",
+    "JobStatus",
+    "NewBatch",
+    "NewJob",
+    "QueueBackend",
+    "Retry",
+    "SqlQueue",
+    "Worker",
+]

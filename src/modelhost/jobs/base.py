@@ -65,6 +65,14 @@ class NewJob:
     idempotency_key: str | None = None
     """A submitter's key: submitting again with it returns the first job."""
     max_attempts: int = 3
+    callback_url: str | None = None
+    """Where to POST the finished job (already checked by the webhook policy)."""
+    batch_id: str | None = None
+    """The batch this job is an item of (set by :meth:`QueueBackend.enqueue_batch`)."""
+    item: int | None = None
+    """The item's 0-based position in its batch's input."""
+    custom_id: str | None = None
+    """The submitter's own id of a batch item, echoed in results."""
 
 
 @dataclass(slots=True)
@@ -94,6 +102,112 @@ class Job:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     """``{"type", "message", "param", "retryable"}`` of the last failed attempt."""
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
+    """With a ``callback_url``: ``{"state": "waiting"|"pending"|"delivered"|"failed",
+    "attempts": [{"at", "status_code", "error", "duration_ms"}, ...]}``."""
+    batch_id: str | None = None
+    item: int | None = None
+    custom_id: str | None = None
+
+
+class EventKind(StrEnum):
+    """What a job event records."""
+
+    QUEUED = "queued"
+    RUNNING = "running"  #: an attempt started (``attempt``, ``worker``)
+    RETRY = "retry"  #: an attempt failed and will run again (``error``, ``run_at``)
+    RELEASED = "released"  #: a stopping worker gave the job back unrun
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    WEBHOOK = "webhook"  #: a callback delivery attempt (``status_code``, ``error``, ...)
+
+
+@dataclass(slots=True)
+class JobEvent:
+    """One line of a job's history, in the order the store wrote them."""
+
+    seq: int
+    """Increasing over the whole store: read a job's events after the last ``seq`` seen."""
+    job_id: str
+    kind: EventKind
+    at: float
+    attempt: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchStatus(StrEnum):
+    """Where a batch is: derived from its items."""
+
+    QUEUED = "queued"  #: no item started yet
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"  #: every item finished (succeeded or failed)
+    CANCELLED = "cancelled"  #: cancelled; items already finished keep their results
+
+
+@dataclass(slots=True)
+class NewBatch:
+    """A batch submission; its items are :class:`NewJob` rows with ``batch_id`` set."""
+
+    tenant: str
+    model: str
+    version: str | None = None
+    priority: int = -50
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One stored batch with its progress, counted from its items."""
+
+    id: str
+    tenant: str
+    model: str
+    version: str | None
+    priority: int
+    total: int
+    created_at: float
+    cancelled_at: float | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    """Items by :class:`JobStatus` value."""
+    started_at: float | None = None
+    """When the first item started."""
+    finished_at: float | None = None
+    """When the last item finished, once all have."""
+
+    @property
+    def completed(self) -> int:
+        """Items that succeeded."""
+        return self.counts.get(JobStatus.SUCCEEDED.value, 0)
+
+    @property
+    def failed(self) -> int:
+        """Items that failed, were cancelled or expired."""
+        return sum(
+            self.counts.get(s.value, 0)
+            for s in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
+        )
+
+    @property
+    def status(self) -> BatchStatus:
+        """Derived from the items and the cancel mark."""
+        if self.cancelled_at is not None:
+            return BatchStatus.CANCELLED
+        if self.completed + self.failed >= self.total:
+            return BatchStatus.COMPLETED
+        if self.started_at is None:
+            return BatchStatus.QUEUED
+        return BatchStatus.IN_PROGRESS
+
+
+def new_batch_id() -> str:
+    """A random batch id such as ``batch_3f2a…``."""
+    return f"batch_{secrets.token_hex(12)}"
 
 
 class QueueBackend(ABC):
@@ -108,10 +222,18 @@ class QueueBackend(ABC):
             The job, and True if it was created now (False: an earlier job was returned).
         """
 
-    @abstractmethod
     def claim(self, worker: str, visibility_timeout: float) -> Job | None:
-        """Lease the next runnable job to ``worker`` (highest priority, then oldest): a queued
+        """Lease the next runnable job to ``worker`` (highest priority, then oldest; a backend
+        may group priorities into bands, as the Redis one does: above 0, 0, below 0): a queued
         job whose backoff is over, or a running one whose lease ran out. None when idle."""
+        jobs = self.claim_many(worker, visibility_timeout, 1)
+        return jobs[0] if jobs else None
+
+    @abstractmethod
+    def claim_many(self, worker: str, visibility_timeout: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs to ``worker``: the next one (as :meth:`claim`)
+        and more runnable jobs of the same model and version, so the worker can run them as
+        one batch. Empty when idle."""
 
     @abstractmethod
     def heartbeat(self, job_id: str, worker: str, visibility_timeout: float) -> bool:
@@ -144,6 +266,65 @@ class QueueBackend(ABC):
     @abstractmethod
     def find(self, tenant: str, idempotency_key: str) -> Job | None:
         """The tenant's job submitted with ``idempotency_key``, or None."""
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        status: JobStatus | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """The tenant's jobs (not batch items), newest first; ``before`` is the id of the last
+        job of the previous page."""
+
+    @abstractmethod
+    def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        """The tenant's job's events with ``seq`` above ``after``, oldest first."""
+
+    @abstractmethod
+    def enqueue_batch(self, batch: NewBatch, items: list[NewJob]) -> tuple[Batch, bool]:
+        """Store a batch and its items (queued jobs) in one transaction, or find the tenant's
+        batch with the same idempotency key. Returns the batch and whether it was created."""
+
+    @abstractmethod
+    def get_batch(self, tenant: str, batch_id: str) -> Batch | None:
+        """The tenant's batch with its progress, or None."""
+
+    @abstractmethod
+    def list_batches(self, tenant: str, limit: int = 50, before: str | None = None) -> list[Batch]:
+        """The tenant's batches, newest first."""
+
+    @abstractmethod
+    def batch_items(
+        self, tenant: str, batch_id: str, offset: int = 0, limit: int = 100
+    ) -> list[Job]:
+        """A page of the tenant's batch items, in input order."""
+
+    @abstractmethod
+    def cancel_batch(self, tenant: str, batch_id: str) -> Batch | None:
+        """Mark the batch cancelled and cancel its unfinished items; None when unknown."""
+
+    @abstractmethod
+    def claim_webhooks(self, worker: str, lease: float, limit: int) -> list[Job]:
+        """Lease finished jobs whose callback is due to ``worker`` for ``lease`` seconds."""
+
+    @abstractmethod
+    def record_webhook(
+        self, job_id: str, attempt: dict[str, Any], *, delivered: bool, retry_at: float | None
+    ) -> None:
+        """Append a delivery attempt to the job's webhook log (and its events). ``delivered``
+        ends it; otherwise it is due again at ``retry_at``, or given up when that is None."""
+
+    def tick(self) -> None:  # noqa: B027 - optional hook; the SQL queue needs none
+        """Periodic upkeep the backend needs (the Redis one moves due retries to its stream);
+        workers call it every poll interval."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; the SQL queue holds nothing to close
+        """Release what the backend holds (the Redis one closes its connection pool). The
+        composition root calls it once at shutdown; the backend is not used afterwards."""
 
     @abstractmethod
     def purge(self, retention: float) -> int:

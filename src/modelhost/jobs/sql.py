@@ -1,14 +1,16 @@
 """The embedded queue backend: job rows in the SQL database (SQLite or PostgreSQL).
 
-A claim is a compare-and-set: pick the next runnable row, then ``UPDATE … WHERE id = :id AND
-<still runnable>`` and check that exactly one row changed, so two workers (threads, processes
-or machines sharing the database) never both win the same job.
+A claim is a compare-and-set: pick the next runnable rows (PostgreSQL skips rows another
+transaction has locked), then ``UPDATE … WHERE id IN (…) AND <still runnable> RETURNING id``,
+so two workers (threads, processes or machines sharing the database) never both win the same
+job. Every change of a job's state writes a row of its history (``mh_job_events``) in the same
+transaction, which is what ``GET /v1/jobs/{id}/events`` follows.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -19,7 +21,10 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     and_,
+    case,
     delete,
+    func,
+    insert,
     or_,
     select,
     update,
@@ -29,12 +34,25 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelhost.jobs.base import Job, JobStatus, NewJob, QueueBackend, Retry, new_job_id
+from modelhost.jobs.base import (
+    Batch,
+    EventKind,
+    Job,
+    JobEvent,
+    JobStatus,
+    NewBatch,
+    NewJob,
+    QueueBackend,
+    Retry,
+    new_batch_id,
+    new_job_id,
+)
 from modelhost.registry.db import Base
 
 _QUEUED = JobStatus.QUEUED.value
 _RUNNING = JobStatus.RUNNING.value
-#: How many candidates one claim tries before reporting idle (others won the rest).
+_UNFINISHED = (_QUEUED, _RUNNING)
+#: How many times one claim retries when other workers won every candidate it picked.
 _CLAIM_TRIES = 5
 
 
@@ -45,10 +63,13 @@ class JobRow(Base):
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_mh_jobs_tenant_idempotency"),
         Index("ix_mh_jobs_runnable", "status", "priority", "created_at"),
+        Index("ix_mh_jobs_tenant_created", "tenant", "created_at"),
+        Index("ix_mh_jobs_batch_item", "batch_id", "item"),
+        Index("ix_mh_jobs_webhook", "webhook_state", "webhook_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    tenant: Mapped[str] = mapped_column(String(128))
     model: Mapped[str] = mapped_column(String(64))
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     inputs: Mapped[list[Any]] = mapped_column(JSON)
@@ -67,9 +88,60 @@ class JobRow(Base):
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """None (no callback), ``waiting`` (job unfinished), ``pending``, ``delivered``, ``failed``."""
+    webhook_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When the next delivery attempt is due (or the current one's lease ends)."""
+    webhook_attempts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    item: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    custom_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class EventRow(Base):
+    """One line of a job's history."""
+
+    __tablename__ = "mh_job_events"
+    __table_args__ = (Index("ix_mh_job_events_job", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    tenant: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Float)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class BatchRow(Base):
+    """One batch; its items are job rows carrying its id."""
+
+    __tablename__ = "mh_batches"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_mh_batches_tenant_idempotency"),
+        Index("ix_mh_batches_tenant_created", "tenant", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+_TABLES = (JobRow.__tablename__, EventRow.__tablename__, BatchRow.__tablename__)
 
 
 def _job(row: JobRow) -> Job:
+    webhook = None
+    if row.webhook_state is not None:
+        webhook = {"state": row.webhook_state, "attempts": list(row.webhook_attempts or [])}
     return Job(
         id=row.id,
         tenant=row.tenant,
@@ -91,18 +163,85 @@ def _job(row: JobRow) -> Job:
         worker=row.worker,
         result=row.result,
         error=row.error,
+        callback_url=row.callback_url,
+        webhook=webhook,
+        batch_id=row.batch_id,
+        item=row.item,
+        custom_id=row.custom_id,
     )
+
+
+def _row(new: NewJob, now: float) -> dict[str, Any]:
+    """Column values of a new queued job."""
+    return {
+        "id": new_job_id(),
+        "tenant": new.tenant,
+        "model": new.model,
+        "version": new.version,
+        "inputs": new.inputs,
+        "parameters": new.parameters,
+        "principal": new.principal,
+        "status": _QUEUED,
+        "priority": new.priority,
+        "attempts": 0,
+        "max_attempts": max(1, new.max_attempts),
+        "idempotency_key": new.idempotency_key,
+        "created_at": now,
+        "run_at": now,
+        "callback_url": new.callback_url,
+        "webhook_state": "waiting" if new.callback_url else None,
+        "webhook_attempts": [] if new.callback_url else None,
+        "batch_id": new.batch_id,
+        "item": new.item,
+        "custom_id": new.custom_id,
+    }
+
+
+def _item_row(
+    batch: NewBatch, batch_id: str, position: int, item: NewJob, now: float
+) -> dict[str, Any]:
+    """Column values of a new batch item."""
+    values = _row(item, now)
+    values.update(
+        tenant=batch.tenant,
+        priority=batch.priority,
+        batch_id=batch_id,
+        item=position if item.item is None else item.item,
+    )
+    return values
 
 
 def _runnable(now: float) -> ColumnElement[bool]:
+    """Queued with its backoff over, or running on a lease that ran out (attempts left)."""
     return or_(
         and_(JobRow.status == _QUEUED, JobRow.run_at <= now),
-        and_(JobRow.status == _RUNNING, JobRow.lease_until < now),
+        and_(
+            JobRow.status == _RUNNING,
+            JobRow.lease_until < now,
+            JobRow.attempts < JobRow.max_attempts,
+        ),
     )
+
+
+#: The order jobs are claimed in: priority, then age, then a batch's input order.
+_QUEUE_ORDER = (JobRow.priority.desc(), JobRow.created_at, JobRow.item, JobRow.id)
 
 
 def _leased(job_id: str, worker: str) -> ColumnElement[bool]:
     return and_(JobRow.id == job_id, JobRow.status == _RUNNING, JobRow.worker == worker)
+
+
+def _finished(now: float, status: JobStatus, **values: Any) -> dict[str, Any]:
+    """Values that end a job: its status, no lease, and its callback (if any) due now."""
+    return {
+        "status": status.value,
+        "finished_at": now,
+        "lease_until": None,
+        "worker": None,
+        "webhook_state": case((JobRow.callback_url.is_not(None), "pending"), else_=None),
+        "webhook_at": case((JobRow.callback_url.is_not(None), now), else_=None),
+        **values,
+    }
 
 
 def _changed(result: Any) -> int:
@@ -110,18 +249,82 @@ def _changed(result: Any) -> int:
     return int(result.rowcount)
 
 
+_LOST = {
+    "type": "WorkerLost",
+    "message": "the worker running the last attempt stopped answering",
+    "param": None,
+    "retryable": True,
+}
+
+
 class SqlQueue(QueueBackend):
-    """Jobs in the ``mh_jobs`` table of the modelhost database.
+    """Jobs in the ``mh_jobs`` table of the modelhost database, with their history in
+    ``mh_job_events`` and batches in ``mh_batches``.
 
     Args:
-        engine: the database (the registry's engine); the table is created if missing.
+        engine: the database (the registry's engine); the tables are created if missing.
         clock: seconds since the epoch; tests pass a fake one to move time.
     """
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        Base.metadata.create_all(engine, tables=[Base.metadata.tables[JobRow.__tablename__]])
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in _TABLES])
+
+    # -- writing, with history -------------------------------------------------------------
+
+    def _transition(
+        self,
+        session: Session,
+        where: ColumnElement[bool],
+        values: dict[str, Any],
+        kind: EventKind,
+        detail: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Update the rows ``where`` selects and log ``kind`` for each one that changed."""
+        changed = session.execute(
+            update(JobRow)
+            .where(where)
+            .values(**values)
+            .returning(JobRow.id, JobRow.tenant, JobRow.attempts)
+            .execution_options(synchronize_session=False)
+        ).all()
+        self._log(session, [(r.id, r.tenant, r.attempts) for r in changed], kind, detail)
+        return [r.id for r in changed]
+
+    def _log(
+        self,
+        session: Session,
+        jobs: Iterable[tuple[str, str, int]],
+        kind: EventKind,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        now = self.clock()
+        rows = [
+            {
+                "job_id": job_id,
+                "tenant": tenant,
+                "kind": kind.value,
+                "at": now,
+                "attempt": attempt,
+                "detail": detail or {},
+            }
+            for job_id, tenant, attempt in jobs
+        ]
+        if rows:
+            session.execute(insert(EventRow), rows)
+
+    def _change(
+        self,
+        where: ColumnElement[bool],
+        values: dict[str, Any],
+        kind: EventKind,
+        detail: dict[str, Any] | None = None,
+    ) -> list[str]:
+        with Session(self.engine) as session, session.begin():
+            return self._transition(session, where, values, kind, detail)
+
+    # -- submitting --------------------------------------------------------------------------
 
     def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Store a queued job, or return the tenant's job with the same idempotency key."""
@@ -129,28 +332,11 @@ class SqlQueue(QueueBackend):
             found = self.find(new.tenant, new.idempotency_key)
             if found is not None:
                 return found, False
-        now = self.clock()
-        row = JobRow(
-            id=new_job_id(),
-            tenant=new.tenant,
-            model=new.model,
-            version=new.version,
-            inputs=new.inputs,
-            parameters=new.parameters,
-            principal=new.principal,
-            status=_QUEUED,
-            priority=new.priority,
-            attempts=0,
-            max_attempts=max(1, new.max_attempts),
-            idempotency_key=new.idempotency_key,
-            created_at=now,
-            run_at=now,
-        )
+        values = _row(new, self.clock())
         try:
             with Session(self.engine) as session, session.begin():
-                session.add(row)
-                session.flush()
-                job = _job(row)
+                session.execute(insert(JobRow), [values])
+                self._log(session, [(values["id"], new.tenant, 0)], EventKind.QUEUED)
         except IntegrityError:  # a concurrent submit with the same key won the insert
             if new.idempotency_key is None:
                 raise
@@ -158,80 +344,148 @@ class SqlQueue(QueueBackend):
             if found is None:
                 raise
             return found, False
+        job = self._get(values["id"])
+        assert job is not None
         return job, True
 
-    def claim(self, worker: str, visibility_timeout: float) -> Job | None:
-        """Lease the next runnable job to ``worker``; a running job whose lease ran out on its
-        last attempt is failed instead of run again."""
+    def enqueue_batch(self, batch: NewBatch, items: list[NewJob]) -> tuple[Batch, bool]:
+        """Store the batch and all its items at once (no item without its batch). Items take
+        the batch's tenant, priority and id, and their position as ``item`` unless they carry
+        one; each gets its ``queued`` event."""
+        if batch.idempotency_key is not None:
+            found = self._find_batch(batch.tenant, batch.idempotency_key)
+            if found is not None:
+                return found, False
+        now = self.clock()
+        batch_id = new_batch_id()
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(
+                    BatchRow(
+                        id=batch_id,
+                        tenant=batch.tenant,
+                        model=batch.model,
+                        version=batch.version,
+                        priority=batch.priority,
+                        total=len(items),
+                        created_at=now,
+                        idempotency_key=batch.idempotency_key,
+                        meta=batch.metadata,
+                    )
+                )
+                session.flush()
+                rows = [_item_row(batch, batch_id, n, item, now) for n, item in enumerate(items)]
+                for start in range(0, len(rows), 1000):
+                    chunk = rows[start : start + 1000]
+                    session.execute(insert(JobRow), chunk)
+                    self._log(
+                        session, [(r["id"], batch.tenant, 0) for r in chunk], EventKind.QUEUED
+                    )
+        except IntegrityError:
+            if batch.idempotency_key is None:
+                raise
+            found = self._find_batch(batch.tenant, batch.idempotency_key)
+            if found is None:
+                raise
+            return found, False
+        created = self.get_batch(batch.tenant, batch_id)
+        assert created is not None
+        return created, True
+
+    # -- working -----------------------------------------------------------------------------
+
+    def claim_many(self, worker: str, visibility_timeout: float, limit: int) -> list[Job]:
+        """Lease the next runnable job and up to ``limit - 1`` more of its model and version.
+
+        A running job whose lease ran out on its last attempt is failed (``WorkerLost``)
+        instead of run again.
+        """
         for _ in range(_CLAIM_TRIES):
             now = self.clock()
             with Session(self.engine) as session, session.begin():
-                candidate = session.scalars(
-                    select(JobRow)
+                self._fail_lost(session, now)
+                first = session.execute(
+                    select(JobRow.model, JobRow.version)
                     .where(_runnable(now))
-                    .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+                    .order_by(*_QUEUE_ORDER)
                     .limit(1)
+                    .with_for_update(skip_locked=True)
                 ).first()
-                if candidate is None:
-                    return None
-                job_id, attempts = candidate.id, candidate.attempts
-                lost = candidate.status == _RUNNING and attempts >= candidate.max_attempts
-                guard = and_(JobRow.id == job_id, JobRow.attempts == attempts, _runnable(now))
-                values: dict[str, Any] = (
-                    self._lost_values(now)
-                    if lost
-                    else {
-                        "status": _RUNNING,
-                        "worker": worker,
-                        "lease_until": now + visibility_timeout,
-                        "attempts": attempts + 1,
-                        "started_at": now,
-                    }
+                if first is None:
+                    return []
+                same_version = (
+                    JobRow.version.is_(None)
+                    if first.version is None
+                    else JobRow.version == first.version
                 )
-                won = _changed(session.execute(update(JobRow).where(guard).values(**values)))
-                session.expire_all()
-            if won == 1 and not lost:
-                return self._get(job_id)
-        return None
+                ids = session.scalars(
+                    select(JobRow.id)
+                    .where(_runnable(now), JobRow.model == first.model, same_version)
+                    .order_by(*_QUEUE_ORDER)
+                    .limit(max(1, limit))
+                    .with_for_update(skip_locked=True)
+                ).all()
+                won = self._claim_rows(session, ids, worker, visibility_timeout, now)
+            if won:
+                return self._get_many(won)
+        return []
 
-    @staticmethod
-    def _lost_values(now: float) -> dict[str, Any]:
-        return {
-            "status": JobStatus.FAILED.value,
-            "worker": None,
-            "lease_until": None,
-            "finished_at": now,
-            "error": {
-                "type": "WorkerLost",
-                "message": "the worker running the last attempt stopped answering",
-                "param": None,
-                "retryable": True,
-            },
-        }
-
-    def _update(self, where: ColumnElement[bool], **values: Any) -> int:
+    def claim_ids(self, worker: str, visibility_timeout: float, ids: Sequence[str]) -> list[Job]:
+        """Lease exactly the jobs ``ids`` that are still runnable (a dispatcher such as Redis
+        picked them); the others are skipped."""
+        if not ids:
+            return []
+        now = self.clock()
         with Session(self.engine) as session, session.begin():
-            return _changed(session.execute(update(JobRow).where(where).values(**values)))
+            self._fail_lost(session, now, ids)
+            won = self._claim_rows(session, ids, worker, visibility_timeout, now)
+        return self._get_many(won)
+
+    def _claim_rows(
+        self, session: Session, ids: Sequence[str], worker: str, lease: float, now: float
+    ) -> list[str]:
+        if not ids:
+            return []
+        values = {
+            "status": _RUNNING,
+            "worker": worker,
+            "lease_until": now + lease,
+            "attempts": JobRow.attempts + 1,
+            "started_at": now,
+        }
+        where = and_(JobRow.id.in_(list(ids)), _runnable(now))
+        return self._transition(session, where, values, EventKind.RUNNING, {"worker": worker})
+
+    def _fail_lost(self, session: Session, now: float, ids: Sequence[str] | None = None) -> None:
+        """Fail running jobs whose lease ran out on their last attempt (skipping rows another
+        claim has locked: it will fail them itself)."""
+        where = and_(
+            JobRow.status == _RUNNING,
+            JobRow.lease_until < now,
+            JobRow.attempts >= JobRow.max_attempts,
+        )
+        if ids is not None:
+            where = and_(where, JobRow.id.in_(list(ids)))
+        lost = session.scalars(select(JobRow.id).where(where).with_for_update(skip_locked=True))
+        found = list(lost)
+        if found:
+            values = _finished(now, JobStatus.FAILED, error=_LOST)
+            where = and_(where, JobRow.id.in_(found))
+            self._transition(session, where, values, EventKind.FAILED, {"error": _LOST})
 
     def heartbeat(self, job_id: str, worker: str, visibility_timeout: float) -> bool:
         """Extend the lease while ``worker`` still holds it."""
         until = self.clock() + visibility_timeout
-        return self._update(_leased(job_id, worker), lease_until=until) == 1
+        with Session(self.engine) as session, session.begin():
+            changed = session.execute(
+                update(JobRow).where(_leased(job_id, worker)).values(lease_until=until)
+            )
+            return _changed(changed) == 1
 
     def complete(self, job_id: str, worker: str, result: dict[str, Any]) -> bool:
         """Succeed the leased job with ``result``."""
-        return (
-            self._update(
-                _leased(job_id, worker),
-                status=JobStatus.SUCCEEDED.value,
-                result=result,
-                error=None,
-                finished_at=self.clock(),
-                lease_until=None,
-                worker=None,
-            )
-            == 1
-        )
+        values = _finished(self.clock(), JobStatus.SUCCEEDED, result=result, error=None)
+        return bool(self._change(_leased(job_id, worker), values, EventKind.SUCCEEDED))
 
     def fail(
         self, job_id: str, worker: str, error: dict[str, Any], retry: Retry | None = None
@@ -241,51 +495,52 @@ class SqlQueue(QueueBackend):
         job = self._get(job_id)
         if job is None or job.status is not JobStatus.RUNNING or job.worker != worker:
             return None
-        again = retry is not None and job.attempts < job.max_attempts
-        values: dict[str, Any] = {"error": error, "lease_until": None, "worker": None}
-        if again:
-            assert retry is not None
-            values.update(status=_QUEUED, run_at=now + retry.defer)
+        if retry is not None and job.attempts < job.max_attempts:
+            values: dict[str, Any] = {
+                "error": error,
+                "lease_until": None,
+                "worker": None,
+                "status": _QUEUED,
+                "run_at": now + retry.defer,
+            }
+            detail = {"error": error, "run_at": now + retry.defer}
+            done = self._change(_leased(job_id, worker), values, EventKind.RETRY, detail)
         else:
-            values.update(status=JobStatus.FAILED.value, finished_at=now)
-        if self._update(_leased(job_id, worker), **values) != 1:
-            return None
-        return self._get(job_id)
+            values = _finished(now, JobStatus.FAILED, error=error)
+            done = self._change(_leased(job_id, worker), values, EventKind.FAILED, {"error": error})
+        return self._get(job_id) if done else None
 
     def release(self, job_id: str, worker: str) -> bool:
         """Queue the leased job again at once, without counting the attempt."""
-        return (
-            self._update(
-                _leased(job_id, worker),
-                status=_QUEUED,
-                attempts=JobRow.attempts - 1,
-                run_at=self.clock(),
-                lease_until=None,
-                worker=None,
-            )
-            == 1
-        )
+        values = {
+            "status": _QUEUED,
+            "attempts": JobRow.attempts - 1,
+            "run_at": self.clock(),
+            "lease_until": None,
+            "worker": None,
+        }
+        return bool(self._change(_leased(job_id, worker), values, EventKind.RELEASED))
 
     def cancel(self, tenant: str, job_id: str) -> Job | None:
         """Cancel the tenant's job unless it has finished."""
-        where = and_(
-            JobRow.id == job_id,
-            JobRow.tenant == tenant,
-            JobRow.status.in_([_QUEUED, _RUNNING]),
-        )
-        self._update(
-            where,
-            status=JobStatus.CANCELLED.value,
-            finished_at=self.clock(),
-            lease_until=None,
-            worker=None,
-        )
+        where = and_(JobRow.id == job_id, JobRow.tenant == tenant, JobRow.status.in_(_UNFINISHED))
+        self._change(where, _finished(self.clock(), JobStatus.CANCELLED), EventKind.CANCELLED)
         return self.get(tenant, job_id)
+
+    # -- reading -----------------------------------------------------------------------------
 
     def _get(self, job_id: str) -> Job | None:
         with Session(self.engine) as session:
             row = session.get(JobRow, job_id)
             return _job(row) if row is not None else None
+
+    def _get_many(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs ``ids``, in the queue's order (priority, then age)."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(JobRow).where(JobRow.id.in_(list(ids))).order_by(*_QUEUE_ORDER)
+            ).all()
+            return [_job(row) for row in rows]
 
     def get(self, tenant: str, job_id: str) -> Job | None:
         """The tenant's job, or None."""
@@ -305,21 +560,234 @@ class SqlQueue(QueueBackend):
             ).first()
             return _job(row) if row is not None else None
 
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        status: JobStatus | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """The tenant's jobs (not batch items), newest first, paged by ``before``."""
+        query = select(JobRow).where(JobRow.tenant == tenant, JobRow.batch_id.is_(None))
+        if status is not None:
+            query = query.where(JobRow.status == status.value)
+        if model is not None:
+            query = query.where(JobRow.model == model)
+        with Session(self.engine) as session:
+            if before is not None:
+                anchor = session.get(JobRow, before)
+                if anchor is None or anchor.tenant != tenant:
+                    return []
+                query = query.where(
+                    or_(
+                        JobRow.created_at < anchor.created_at,
+                        and_(JobRow.created_at == anchor.created_at, JobRow.id < anchor.id),
+                    )
+                )
+            rows = session.scalars(
+                query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+            ).all()
+            return [_job(row) for row in rows]
+
+    def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        """The tenant's job's history after ``seq`` ``after``, oldest first."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(EventRow)
+                .where(EventRow.job_id == job_id, EventRow.tenant == tenant, EventRow.seq > after)
+                .order_by(EventRow.seq)
+                .limit(limit)
+            ).all()
+            return [
+                JobEvent(
+                    seq=row.seq,
+                    job_id=row.job_id,
+                    kind=EventKind(row.kind),
+                    at=row.at,
+                    attempt=row.attempt,
+                    detail=row.detail,
+                )
+                for row in rows
+            ]
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _batch(self, session: Session, row: BatchRow) -> Batch:
+        counts = {
+            status: int(count)
+            for status, count in session.execute(
+                select(JobRow.status, func.count())
+                .where(JobRow.batch_id == row.id)
+                .group_by(JobRow.status)
+            ).all()
+        }
+        started, finished = session.execute(
+            select(func.min(JobRow.started_at), func.max(JobRow.finished_at)).where(
+                JobRow.batch_id == row.id
+            )
+        ).one()
+        batch = Batch(
+            id=row.id,
+            tenant=row.tenant,
+            model=row.model,
+            version=row.version,
+            priority=row.priority,
+            total=row.total,
+            created_at=row.created_at,
+            cancelled_at=row.cancelled_at,
+            idempotency_key=row.idempotency_key,
+            metadata=row.meta,
+            counts=counts,
+            started_at=started,
+        )
+        if not any(counts.get(s, 0) for s in _UNFINISHED):
+            batch.finished_at = finished
+        return batch
+
+    def _find_batch(self, tenant: str, idempotency_key: str) -> Batch | None:
+        with Session(self.engine) as session:
+            row = session.scalars(
+                select(BatchRow).where(
+                    BatchRow.tenant == tenant, BatchRow.idempotency_key == idempotency_key
+                )
+            ).first()
+            return self._batch(session, row) if row is not None else None
+
+    def get_batch(self, tenant: str, batch_id: str) -> Batch | None:
+        """The tenant's batch with its progress."""
+        with Session(self.engine) as session:
+            row = session.get(BatchRow, batch_id)
+            if row is None or row.tenant != tenant:
+                return None
+            return self._batch(session, row)
+
+    def list_batches(self, tenant: str, limit: int = 50, before: str | None = None) -> list[Batch]:
+        """The tenant's batches, newest first."""
+        query = select(BatchRow).where(BatchRow.tenant == tenant)
+        with Session(self.engine) as session:
+            if before is not None:
+                anchor = session.get(BatchRow, before)
+                if anchor is None or anchor.tenant != tenant:
+                    return []
+                query = query.where(
+                    or_(
+                        BatchRow.created_at < anchor.created_at,
+                        and_(BatchRow.created_at == anchor.created_at, BatchRow.id < anchor.id),
+                    )
+                )
+            rows = session.scalars(
+                query.order_by(BatchRow.created_at.desc(), BatchRow.id.desc()).limit(limit)
+            ).all()
+            return [self._batch(session, row) for row in rows]
+
+    def batch_items(
+        self, tenant: str, batch_id: str, offset: int = 0, limit: int = 100
+    ) -> list[Job]:
+        """A page of the batch's items in input order."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.batch_id == batch_id, JobRow.tenant == tenant)
+                .order_by(JobRow.item)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return [_job(row) for row in rows]
+
+    def cancel_batch(self, tenant: str, batch_id: str) -> Batch | None:
+        """Mark the batch cancelled and cancel the items not finished yet; a batch whose items
+        have all finished is returned unchanged (like :meth:`cancel` of a finished job)."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            row = session.get(BatchRow, batch_id, with_for_update=True)
+            if row is None or row.tenant != tenant:
+                return None
+            where = and_(JobRow.batch_id == batch_id, JobRow.status.in_(_UNFINISHED))
+            values = _finished(now, JobStatus.CANCELLED)
+            if self._transition(session, where, values, EventKind.CANCELLED):
+                row.cancelled_at = row.cancelled_at or now
+        return self.get_batch(tenant, batch_id)
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def claim_webhooks(self, worker: str, lease: float, limit: int) -> list[Job]:
+        """Lease due callbacks: each goes to one deliverer at a time."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            ids = session.scalars(
+                select(JobRow.id)
+                .where(JobRow.webhook_state == "pending", JobRow.webhook_at <= now)
+                .order_by(JobRow.webhook_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not ids:
+                return []
+            won = session.scalars(
+                update(JobRow)
+                .where(
+                    JobRow.id.in_(list(ids)),
+                    JobRow.webhook_state == "pending",
+                    JobRow.webhook_at <= now,
+                )
+                .values(webhook_at=now + lease)
+                .returning(JobRow.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        return self._get_many(won)
+
+    def record_webhook(
+        self, job_id: str, attempt: dict[str, Any], *, delivered: bool, retry_at: float | None
+    ) -> None:
+        """Append a delivery attempt; delivered, due again at ``retry_at``, or given up."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None or row.webhook_state != "pending":
+                return
+            row.webhook_attempts = [*(row.webhook_attempts or []), attempt]
+            if delivered:
+                row.webhook_state, row.webhook_at = "delivered", None
+            elif retry_at is None:
+                row.webhook_state, row.webhook_at = "failed", None
+            else:
+                row.webhook_at = retry_at
+            detail = {**attempt, "state": row.webhook_state}
+            self._log(session, [(row.id, row.tenant, row.attempts)], EventKind.WEBHOOK, detail)
+
+    # -- upkeep ------------------------------------------------------------------------------
+
     def purge(self, retention: float) -> int:
-        """Expire stale queued jobs and delete finished ones older than ``retention``."""
+        """Expire stale queued jobs and delete finished ones older than ``retention`` (with
+        their history), and batches left without items."""
         now = self.clock()
         cutoff = now - retention
         finished = [s.value for s in JobStatus if s.terminal]
         with Session(self.engine) as session, session.begin():
-            expired = session.execute(
-                update(JobRow)
-                .where(JobRow.status == _QUEUED, JobRow.created_at < cutoff)
-                .values(status=JobStatus.EXPIRED.value, finished_at=now)
+            expired = self._transition(
+                session,
+                and_(JobRow.status == _QUEUED, JobRow.created_at < cutoff),
+                _finished(now, JobStatus.EXPIRED),
+                EventKind.EXPIRED,
             )
-            deleted = session.execute(
-                delete(JobRow).where(
-                    JobRow.status.in_(finished),
-                    JobRow.finished_at < cutoff,
+            old = select(JobRow.id).where(
+                JobRow.status.in_(finished),
+                JobRow.finished_at < cutoff,
+                or_(JobRow.webhook_state.is_(None), JobRow.webhook_state != "pending"),
+            )
+            session.execute(delete(EventRow).where(EventRow.job_id.in_(old)))
+            deleted = _changed(
+                session.execute(
+                    delete(JobRow)
+                    .where(JobRow.id.in_(old))
+                    .execution_options(synchronize_session=False)
                 )
             )
-            return _changed(expired) + _changed(deleted)
+            session.execute(
+                delete(BatchRow).where(
+                    BatchRow.created_at < cutoff,
+                    ~select(JobRow.id).where(JobRow.batch_id == BatchRow.id).exists(),
+                )
+            )
+            return len(expired) + deleted

@@ -133,7 +133,7 @@ def required_scope(method: str, path: str) -> Scope | None:
         return None
     if path.startswith(("/v1/keys", "/v1/audit", "/metrics")):
         return Scope.ADMIN
-    if path.startswith(("/v1/jobs", "/v1/batch")):
+    if path.startswith(("/v1/jobs", "/v1/batch", "/v1/webhooks")):
         return Scope.JOBS
     if method == "POST" and path.startswith("/v1/models/") and path.endswith(("/load", "/unload")):
         return Scope.DEPLOY

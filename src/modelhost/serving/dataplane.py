@@ -12,14 +12,20 @@ import contextlib
 import secrets
 import time
 from asyncio import Future
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastjsonschema import JsonSchemaValueException
 
-from modelhost.errors import InferenceTimeout, InvalidInput, PayloadTooLarge, VersionNotFound
+from modelhost.errors import (
+    InferenceTimeout,
+    InvalidInput,
+    PayloadTooLarge,
+    RuntimeFailure,
+    VersionNotFound,
+)
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
@@ -29,7 +35,9 @@ from modelhost.serving.batching import (
     AdaptiveBatcher,
     batching_enabled,
     observed_predict,
+    parameters_key,
     settle,
+    split_prediction,
 )
 from modelhost.serving.models import Deployment, ModelManager, Validator
 
@@ -87,6 +95,19 @@ class InferenceResponse:
         if self.guards:
             body["guards"] = self.guards
         return body
+
+
+@dataclass(slots=True)
+class _Admitted:
+    """A request of :meth:`DataPlane.infer_many` that passed its checks, waiting to run."""
+
+    index: int
+    request: InferenceRequest
+    dep: Deployment
+    parameters: dict[str, Any]
+    principal: Principal | None
+    inputs: list[Any]
+    guards: dict[str, Any]
 
 
 def _describe(prefix: str, exc: JsonSchemaValueException) -> tuple[str, str]:
@@ -250,23 +271,139 @@ class DataPlane:
             dep, parameters = self.admit(info, request)
             principal, inputs, guards = await self._secure(request, info)
             prediction = await self.predict(dep, inputs, parameters)
-            results = self._guard_results(info, prediction, guards)
-            await self._charge(principal, info, prediction.usage, len(inputs))
+            return await self._respond(request, dep, prediction, principal, guards, started)
         except BaseException as exc:  # counted, then raised unchanged
             self._failed(request, info, exc)
             raise
-        dep_info = dep.info
-        self.metrics.deployment(dep_info.model, dep_info.version, request.protocol).answered(
+
+    async def _respond(
+        self,
+        request: InferenceRequest,
+        dep: Deployment,
+        prediction: Prediction,
+        principal: Principal | None,
+        guards: dict[str, Any],
+        started: float,
+    ) -> InferenceResponse:
+        """Guard the results, charge the caller, count the answer, build the response."""
+        served = dep.info
+        results = self._guard_results(served, prediction, guards)
+        await self._charge(principal, served, prediction.usage, len(request.inputs))
+        self.metrics.deployment(served.model, served.version, request.protocol).answered(
             time.perf_counter() - started
         )
         return InferenceResponse(
             id=new_id("pred"),
-            model=dep_info.model,
-            version=dep_info.version,
+            model=served.model,
+            version=served.version,
             created=int(time.time()),
             results=results,
             usage=prediction.usage,
             guards=guards,
+        )
+
+    async def infer_many(
+        self,
+        requests: list[InferenceRequest],
+        on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
+    ) -> list[InferenceResponse | Exception]:
+        """Run several requests, each checked on its own, with one runtime call per model
+        version and parameters: the job worker's way to feed queued jobs as one batch.
+
+        Every request passes the same checks as :meth:`infer` (limits, validation, guards,
+        charging, metrics); one that fails gets its own exception and the others go on. With
+        ``on_chunk``, a one-input request to a streaming model is generated chunk by chunk
+        instead (``on_chunk(index, chunk)``), and its result is assembled to match
+        :meth:`infer`'s (``{"text", "finish_reason"}``).
+
+        Returns:
+            One outcome per request, in order: its response or its exception.
+        """
+        started = time.perf_counter()
+        outcomes: list[InferenceResponse | Exception | None] = [None] * len(requests)
+        groups: dict[tuple[int, bytes | int], list[_Admitted]] = {}
+        solos: list[int] = []
+
+        async def admit(index: int, request: InferenceRequest) -> None:
+            info: VersionInfo | None = None
+            try:
+                info = await self.manager.resolve(request.model, request.version)
+                dep, parameters = self.admit(info, request)
+                runtime = dep.runtime
+                assert runtime is not None
+                if on_chunk is not None and runtime.supports_streaming and len(request.inputs) == 1:
+                    solos.append(index)
+                    return
+                principal, inputs, guards = await self._secure(request, info)
+                key = parameters_key(parameters)
+                member = _Admitted(index, request, dep, parameters, principal, inputs, guards)
+                groups.setdefault((id(dep), key if key is not None else -index - 1), []).append(
+                    member
+                )
+            except Exception as exc:  # this request alone fails; counted
+                self._failed(request, info, exc)
+                outcomes[index] = exc
+
+        async def run_group(members: list[_Admitted]) -> None:
+            head = members[0]
+            merged = [item for member in members for item in member.inputs]
+            try:
+                prediction = await self.predict(head.dep, merged, head.parameters)
+                parts = split_prediction(prediction, [len(m.inputs) for m in members])
+            except Exception as exc:  # the merged call failed: every member fails with it
+                for member in members:
+                    self._failed(member.request, head.dep.info, exc)
+                    outcomes[member.index] = exc
+                return
+            for member, part in zip(members, parts, strict=True):
+                try:
+                    outcomes[member.index] = await self._respond(
+                        member.request, member.dep, part, member.principal, member.guards, started
+                    )
+                except Exception as exc:  # charging failed (a budget ran out meanwhile)
+                    self._failed(member.request, member.dep.info, exc)
+                    outcomes[member.index] = exc
+
+        async def run_solo(index: int) -> None:
+            assert on_chunk is not None
+            try:
+                outcomes[index] = await self.generate(
+                    requests[index], lambda chunk: on_chunk(index, chunk)
+                )
+            except Exception as exc:  # counted by stream(); this request alone fails
+                outcomes[index] = exc
+
+        await asyncio.gather(*(admit(i, r) for i, r in enumerate(requests)))
+        await asyncio.gather(
+            *(run_group(members) for members in groups.values()),
+            *(run_solo(index) for index in solos),
+        )
+        return [
+            outcome if outcome is not None else RuntimeFailure("the request was not run")
+            for outcome in outcomes
+        ]
+
+    async def generate(
+        self, request: InferenceRequest, on_chunk: Callable[[StreamChunk], Awaitable[None]]
+    ) -> InferenceResponse:
+        """Stream one request's generation to ``on_chunk`` and return the whole answer, shaped
+        as :meth:`infer` returns it."""
+        info, chunks = await self.stream(request)
+        pieces: list[str] = []
+        finish: str | None = None
+        usage = Usage()
+        async for chunk in chunks:
+            pieces.append(chunk.text)
+            finish = chunk.finish_reason or finish
+            usage = chunk.usage or usage
+            await on_chunk(chunk)
+        return InferenceResponse(
+            id=new_id("pred"),
+            model=info.model,
+            version=info.version,
+            created=int(time.time()),
+            results=[{"text": "".join(pieces), "finish_reason": finish}],
+            usage=usage,
         )
 
     async def _secure(
