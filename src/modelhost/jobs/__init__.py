@@ -7,6 +7,7 @@ The queue is a :class:`QueueBackend`; the embedded one keeps job rows in the SQL
 from __future__ import annotations
 
 from modelhost.jobs.base import (
+    Backoff,
     Batch,
     BatchStatus,
     EventKind,
@@ -19,7 +20,7 @@ from modelhost.jobs.base import (
     Retry,
 )
 from modelhost.jobs.sql import SqlQueue
-from modelhost.jobs.worker import Backoff, Worker
+from modelhost.jobs.worker import Worker
 
 __all__ = [
     "Backoff",

@@ -8,6 +8,7 @@ renewing, the lease runs out, and another worker claims the job again.
 
 from __future__ import annotations
 
+import random
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -29,6 +30,20 @@ class JobStatus(StrEnum):
     def terminal(self) -> bool:
         """True once the job will not change any more."""
         return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt ``n`` waits a random time between half and all
+    of ``min(cap, base * 2**(n-1))`` seconds, so retries of many jobs do not arrive together."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), 64))
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class Retry(Exception):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
     Float,
     Index,
     Integer,
+    Select,
     String,
     UniqueConstraint,
     and_,
@@ -209,6 +210,35 @@ def _item_row(
         item=position if item.item is None else item.item,
     )
     return values
+
+
+#: A job or batch row: both have ``id``, ``tenant`` and ``created_at``.
+_RowT = TypeVar("_RowT", "JobRow", "BatchRow")
+
+
+def _newest_first(
+    session: Session,
+    table: type[_RowT],
+    query: Select[_RowT],
+    tenant: str,
+    before: str | None,
+    limit: int,
+) -> Sequence[_RowT]:
+    """A page of ``query``'s rows (a job or batch table), newest first, after the row
+    ``before`` (the last of the previous page); empty when that row is not the tenant's."""
+    if before is not None:
+        anchor = session.get(table, before)
+        if anchor is None or anchor.tenant != tenant:
+            return []
+        query = query.where(
+            or_(
+                table.created_at < anchor.created_at,
+                and_(table.created_at == anchor.created_at, table.id < anchor.id),
+            )
+        )
+    return session.scalars(
+        query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
+    ).all()
 
 
 def _runnable(now: float) -> ColumnElement[bool]:
@@ -576,19 +606,7 @@ class SqlQueue(QueueBackend):
         if model is not None:
             query = query.where(JobRow.model == model)
         with Session(self.engine) as session:
-            if before is not None:
-                anchor = session.get(JobRow, before)
-                if anchor is None or anchor.tenant != tenant:
-                    return []
-                query = query.where(
-                    or_(
-                        JobRow.created_at < anchor.created_at,
-                        and_(JobRow.created_at == anchor.created_at, JobRow.id < anchor.id),
-                    )
-                )
-            rows = session.scalars(
-                query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
-            ).all()
+            rows = _newest_first(session, JobRow, query, tenant, before, limit)
             return [_job(row) for row in rows]
 
     def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
@@ -667,19 +685,7 @@ class SqlQueue(QueueBackend):
         """The tenant's batches, newest first."""
         query = select(BatchRow).where(BatchRow.tenant == tenant)
         with Session(self.engine) as session:
-            if before is not None:
-                anchor = session.get(BatchRow, before)
-                if anchor is None or anchor.tenant != tenant:
-                    return []
-                query = query.where(
-                    or_(
-                        BatchRow.created_at < anchor.created_at,
-                        and_(BatchRow.created_at == anchor.created_at, BatchRow.id < anchor.id),
-                    )
-                )
-            rows = session.scalars(
-                query.order_by(BatchRow.created_at.desc(), BatchRow.id.desc()).limit(limit)
-            ).all()
+            rows = _newest_first(session, BatchRow, query, tenant, before, limit)
             return [self._batch(session, row) for row in rows]
 
     def batch_items(

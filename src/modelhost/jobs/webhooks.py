@@ -29,7 +29,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import random
 import secrets
 import socket
 import ssl
@@ -44,7 +43,7 @@ import orjson
 from modelhost import __version__
 from modelhost.config import JobSettings, Settings
 from modelhost.errors import ConfigError, InvalidInput
-from modelhost.jobs.base import Job, QueueBackend
+from modelhost.jobs.base import Backoff, Job, QueueBackend
 from modelhost.protocol.jobs import iso, job_view
 
 log = logging.getLogger("modelhost.jobs.webhooks")
@@ -345,8 +344,7 @@ class DeliveryOptions:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): a random time between
         half and all of ``min(retry_max, retry_base * 2**(attempt-1))``."""
-        ceiling = min(self.retry_max, self.retry_base * 2.0 ** min(max(0, attempt - 1), 64))
-        return random.uniform(ceiling / 2, ceiling)
+        return Backoff(self.retry_base, self.retry_max).delay(attempt)
 
 
 @dataclass(slots=True)

@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelhost.errors import BudgetExceeded, ModelhostError, RateLimited, RequestError
-from modelhost.jobs.base import Job, QueueBackend, Retry
+from modelhost.jobs.base import Backoff, Job, QueueBackend, Retry
 from modelhost.jobs.events import MemoryBus, TokenBus
 from modelhost.runtimes import StreamChunk
 from modelhost.security.keys import Principal
@@ -59,20 +58,6 @@ class Sidecar(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` waits a random time between half and all
-    of ``min(cap, base * 2**(n-1))`` seconds, so retries of many jobs do not arrive together."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-
-@dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """How a worker runs."""
 
@@ -88,7 +73,7 @@ class WorkerOptions:
     """Seconds finished jobs are kept (and queued jobs wait before they expire)."""
     drain_timeout: float = 30.0
     """On :meth:`Worker.stop`, how long running jobs may take before they are given back."""
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 def principal_of_job(job: Job) -> Principal:
