@@ -210,6 +210,24 @@ def test_claim_many_takes_more_jobs_of_the_first_jobs_model_and_version_only(
     assert all(job.status is JobStatus.RUNNING and job.worker == "w" for job in claims[0])
 
 
+def test_complete_many_succeeds_the_jobs_still_leased_once_each(queue: QueueBackend) -> None:
+    ids = [queue.enqueue(new(inputs=[{"text": f"{n}"}]))[0].id for n in range(3)]
+    claimed = queue.claim_many("w1", VISIBILITY, 3)
+    assert sorted(job.id for job in claimed) == sorted(ids)
+    assert queue.cancel("acme", ids[1]) is not None  # its lease is gone
+    results = [(job_id, {"results": [n]}) for n, job_id in enumerate(ids)]
+    assert queue.complete_many("w1", results) == [ids[0], ids[2]]
+    assert queue.complete_many("w1", results) == []  # a second write changes nothing
+    for n, job_id in enumerate(ids):
+        job = queue.get("acme", job_id)
+        assert job is not None
+        expected = JobStatus.CANCELLED if n == 1 else JobStatus.SUCCEEDED
+        assert job.status is expected
+        kinds = [event.kind for event in queue.events("acme", job_id)]
+        assert kinds.count(EventKind.SUCCEEDED) == (0 if n == 1 else 1)
+    assert queue.claim_many("w2", VISIBILITY, 3) == []  # nothing left to hand out
+
+
 def test_claim_many_respects_the_limit_and_priority(queue: QueueBackend, clock: Clock) -> None:
     low, _ = queue.enqueue(new(priority=-1))
     clock.now += 1

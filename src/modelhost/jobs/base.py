@@ -258,6 +258,11 @@ class QueueBackend(ABC):
     def complete(self, job_id: str, worker: str, result: dict[str, Any]) -> bool:
         """Mark the leased job succeeded with ``result``; False when the lease was lost."""
 
+    def complete_many(self, worker: str, results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Succeed several leased jobs (a batch's outcomes) at once; returns the ids whose
+        lease still held. Backends override it to write them in one transaction."""
+        return [job_id for job_id, result in results if self.complete(job_id, worker, result)]
+
     @abstractmethod
     def fail(
         self, job_id: str, worker: str, error: dict[str, Any], retry: Retry | None = None

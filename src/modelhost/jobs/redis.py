@@ -411,6 +411,29 @@ class RedisQueue(SqlQueue):
         self._finish(job_id, worker, done)
         return done
 
+    def complete_many(self, worker: str, results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Succeed the jobs in one SQL transaction, then acknowledge their entries in one
+        round trip."""
+        done = super().complete_many(worker, results)
+        held = set(done)
+        refs: list[tuple[str, str]] = []
+        for job_id, _ in results:
+            if job_id in held:
+                ref = self._pop(job_id)
+                if ref is not None:
+                    refs.append(ref)
+            else:
+                self._finish(job_id, worker, done=False)
+        if refs:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for stream, entry in refs:
+                    pipe.xack(stream, self.group, entry)
+                pipe.execute()
+            except RedisError:  # the entries are reclaimed later, found finished, and dropped
+                log.warning("could not acknowledge %d stream entries", len(refs), exc_info=True)
+        return done
+
     def fail(
         self, job_id: str, worker: str, error: dict[str, Any], retry: Retry | None = None
     ) -> Job | None:

@@ -237,13 +237,16 @@ class Worker:
             return
         finally:
             beating.cancel()
+        succeeded: list[tuple[str, dict[str, Any]]] = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             if job.id in lost:
                 continue
             if isinstance(outcome, InferenceResponse):
-                await asyncio.to_thread(self.backend.complete, job.id, name, outcome.as_v1())
+                succeeded.append((job.id, outcome.as_v1()))
             else:
                 await self._failed(name, job, outcome)
+        if succeeded:
+            await asyncio.to_thread(self.backend.complete_many, name, succeeded)
 
     async def _release(self, name: str, jobs: list[Job], lost: set[str]) -> None:
         for job in jobs:
