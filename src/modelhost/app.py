@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -24,13 +24,17 @@ from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
+from modelhost.components import Component
 from modelhost.config import Settings
 from modelhost.errors import ConfigError, Conflict, MissingDependencyError
 from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_master_secret
 from modelhost.jobs.worker import WorkerOptions
+from modelhost.monitoring.drift import build_drift
 from modelhost.monitoring.metrics import Metrics
+from modelhost.monitoring.usage import build_usage
+from modelhost.provenance import build_provenance
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.runtimes import Runtime
 from modelhost.security.access import AccessControl
@@ -62,6 +66,8 @@ class Services:
     jobs: QueueBackend
     worker: Worker
     bus: TokenBus
+    components: list[Component] = field(default_factory=list)
+    """Provenance, drift, usage: built by :func:`build_components` once the rest exists."""
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -197,7 +203,7 @@ def build_services(settings: Settings) -> Services:
         access=access,
     )
     jobs, worker, bus = build_jobs(settings, registry, plane)
-    return Services(
+    services = Services(
         settings=settings,
         registry=registry,
         manager=manager,
@@ -210,6 +216,35 @@ def build_services(settings: Settings) -> Services:
         worker=worker,
         bus=bus,
     )
+    build_components(services)
+    return services
+
+
+def build_components(services: Services) -> None:
+    """Build the subsystems that hang off the data plane and hand the plane their observers."""
+    services.components = [
+        build_provenance(services),
+        build_drift(services),
+        build_usage(services),
+    ]
+    for component in services.components:
+        services.plane.observers.extend(component.observers())
+
+
+async def start_components(services: Services) -> None:
+    """Start every component's background work."""
+    for component in services.components:
+        await component.start()
+
+
+async def stop_components(services: Services) -> None:
+    """Stop every component (each flushes what it buffered); one failing does not stop the
+    others."""
+    for component in services.components:
+        try:
+            await component.stop()
+        except Exception:  # shutting down: log and go on with the rest
+            log.exception("stopping %r failed", component)
 
 
 def bootstrap_admin_key(services: Services) -> str | None:
@@ -257,6 +292,7 @@ async def _start(services: Services, readiness: health.Readiness) -> None:
         log.exception("start-up failed")
         readiness.error = repr(exc)
     readiness.ready = True
+    await start_components(services)
     # after the first registry refresh, so a job never runs against a registry not read yet
     services.worker.start()
     log.info("modelhost ready")
@@ -314,6 +350,7 @@ async def run_worker(settings: Settings) -> None:
     await services.manager.refresh(load=settings.inference.load_on_start)
     await services.manager.wait_loaded()
     refresher = asyncio.create_task(_refresh_forever(services))
+    await start_components(services)
     services.worker.start()
     log.info("modelhost worker %s ready (%s queue)", services.worker.name, settings.jobs.backend)
     try:
@@ -321,6 +358,7 @@ async def run_worker(settings: Settings) -> None:
         log.info("stopping: finishing running jobs, taking no new ones")
     finally:
         await services.worker.stop()
+        await stop_components(services)
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)
         await close_services(services)
@@ -342,6 +380,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.worker.stop()
+            await stop_components(services)
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             for task in (start, refresher):
@@ -379,6 +418,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(batch_api.build_router(services.jobs, services.worker, settings.jobs))
     app.include_router(webhooks_api.build_router(webhook_master_secret(settings)))
+    for component in services.components:
+        for router in component.routers():
+            app.include_router(router)
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelhost import cli_drift, cli_provenance, cli_usage
 from modelhost.cli_jobs import batch_app, jobs_app
 from modelhost.config import HttpServer, Settings
 from modelhost.errors import MissingDependencyError, ModelhostError
@@ -30,6 +31,8 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(batch_app, name="batch")
+for _module in (cli_provenance, cli_drift, cli_usage):
+    _module.register(app)
 out = Console()
 err = Console(stderr=True)
 
@@ -154,8 +157,9 @@ def worker(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Run async jobs (no HTTP) from the shared database or Redis, on any machine that
-    reaches them. SIGTERM finishes running jobs and takes no new ones."""
+    """Run async jobs (no HTTP) on any machine that reaches the database (and Redis).
+
+    SIGTERM finishes running jobs and takes no new ones."""
     import asyncio
 
     from modelhost.app import run_worker

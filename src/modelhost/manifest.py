@@ -12,7 +12,7 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import semver
 import yaml
@@ -100,6 +100,28 @@ class Pricing(BaseModel):
     currency: str = "USD"
 
 
+class ProvenanceConfig(BaseModel):
+    """What the provenance record of each inference keeps of its payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capture: Literal["full", "redacted", "hash"] = "full"
+    """``full``: inputs and outputs as sent and answered (replayable); ``redacted``: with PII
+    masked; ``hash``: only their sha256 (not replayable)."""
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    """Share of inferences whose payload is kept; every inference gets a record regardless."""
+
+
+class MonitoringConfig(BaseModel):
+    """Drift monitoring of this version's inputs against its training data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference_data: str | None = None
+    """Artifact key or relative path of the training data (CSV or JSONL) reference statistics
+    are computed from when the version is pushed."""
+
+
 class ModelManifest(BaseModel):
     """One model version as declared in its ``modelhost.yaml``."""
 
@@ -128,6 +150,8 @@ class ModelManifest(BaseModel):
     card: ModelCard = Field(default_factory=ModelCard)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     pricing: Pricing | None = None
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     """Input and output guards: prompt-injection policy, fencing, PII redaction, blocked content."""
     supported_languages: list[str] = Field(default_factory=list)

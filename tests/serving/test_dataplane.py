@@ -16,6 +16,7 @@ from modelhost.config import Settings
 from modelhost.errors import InvalidInput, ModelNotFound
 from modelhost.registry import Stage
 from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
+from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 COUNTING = textwrap.dedent(
     """
@@ -117,3 +118,45 @@ async def test_different_parameters_and_models_run_apart(services: Services) -> 
     tags = [o.results[0]["tag"] for o in outcomes[:3] if isinstance(o, InferenceResponse)]
     assert tags == ["x", "y", "x"]
     assert sorted(_calls(services)) == [1, 2]
+
+
+class Recorder(InferenceObserver):
+    """Keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[InferenceEvent] = []
+
+    def observe(self, event: InferenceEvent) -> None:
+        self.events.append(event)
+
+
+class Exploding(InferenceObserver):
+    def observe(self, event: InferenceEvent) -> None:
+        raise RuntimeError("observer bug")
+
+
+@pytest.mark.asyncio
+async def test_observers_see_every_ended_inference_and_cannot_break_one(
+    services: Services,
+) -> None:
+    recorder = Recorder()
+    services.plane.observers[:] = [Exploding(), recorder]
+    answered = await services.plane.infer(_request("one", tag="t"))
+    with pytest.raises(InvalidInput):
+        await services.plane.infer(_request("far too long for it"))
+    await services.plane.infer_many([_request("a"), InferenceRequest(model="nothing")])
+    ok, bad, *many = recorder.events
+    many_ok = next(event for event in many if event.error is None)
+    many_bad = next(event for event in many if event.error is not None)
+    assert ok.error is None
+    assert ok.results == answered.results
+    assert ok.info is not None
+    assert ok.info.ref == "counting@1.0.0"
+    assert ok.request.parameters == {"tag": "t"}
+    assert 0 < ok.duration_s < 5
+    assert abs(ok.started_at - answered.created) < 5
+    assert isinstance(bad.error, InvalidInput)
+    assert bad.results is None
+    assert many_ok.results == [{"echo": {"text": "a"}, "tag": None}]
+    assert isinstance(many_bad.error, ModelNotFound)
+    assert many_bad.info is None

@@ -699,13 +699,14 @@ class SqlQueue(QueueBackend):
     def batch_items(
         self, tenant: str, batch_id: str, offset: int = 0, limit: int = 100
     ) -> list[Job]:
-        """A page of the batch's items in input order."""
+        """A page of the batch's items in input order. Items are numbered 0… in input order,
+        so the page starts at ``item >= offset`` on the (batch, item) index: a deep page costs
+        what the first does (``OFFSET`` would read and skip every row before it)."""
         with Session(self.engine) as session:
             rows = session.scalars(
                 select(JobRow)
-                .where(JobRow.batch_id == batch_id, JobRow.tenant == tenant)
+                .where(JobRow.batch_id == batch_id, JobRow.tenant == tenant, JobRow.item >= offset)
                 .order_by(JobRow.item)
-                .offset(offset)
                 .limit(limit)
             ).all()
             return [_job(row) for row in rows]

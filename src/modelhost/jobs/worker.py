@@ -113,6 +113,7 @@ def request_of(job: Job) -> InferenceRequest:
         request_id=job.id,
         protocol="jobs",
         principal=principal_of_job(job),
+        queued_s=max(0.0, (job.started_at or job.created_at) - job.created_at),
     )
 
 

@@ -31,6 +31,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -188,6 +189,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.drift_score = Gauge(
+            "modelhost_drift_score",
+            "Drift of live inputs from the reference, by feature and method (psi, ks, kl); "
+            "feature '_overall' summarises a version.",
+            ["model", "version", "feature", "method"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}
 
     def deployment(
@@ -211,6 +219,10 @@ class Metrics:
     ) -> None:
         """Count a request that ended in ``exc`` (None for what was never resolved)."""
         self.requests.labels(model or UNKNOWN, version or UNKNOWN, protocol, outcome_of(exc)).inc()
+
+    def drift(self, model: str, version: str, feature: str, method: str, score: float) -> None:
+        """Publish the latest drift score of one feature (or ``_overall``) of a version."""
+        self.drift_score.labels(model, version, feature, method).set(score)
 
     def watch_model_versions(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Publish ``modelhost_model_versions{state}`` from ``counts``, read at scrape time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from asyncio import Future
@@ -40,8 +41,10 @@ from modelhost.serving.batching import (
     split_prediction,
 )
 from modelhost.serving.models import Deployment, ModelManager, Validator
+from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 _DONE = object()
+log = logging.getLogger("modelhost.serving")
 
 
 @dataclass(slots=True)
@@ -60,6 +63,10 @@ class InferenceRequest:
     """The transport's name (``v1``, ``openai``, ``v2``, ...), the ``protocol`` metrics label."""
     principal: Principal | None = None
     """Who calls (set by the transport from its credential); limits and budgets count by it."""
+    queued_s: float | None = None
+    """Seconds the request waited in the job queue before this attempt (async jobs only)."""
+    replay_of: str | None = None
+    """The request id this call replays; a replay is never live traffic."""
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -168,8 +175,10 @@ class DataPlane:
         default_max_request_bytes: int,
         metrics: Metrics | None = None,
         access: AccessControl | None = None,
+        observers: list[InferenceObserver] | None = None,
     ) -> None:
         self.manager = manager
+        self.observers: list[InferenceObserver] = list(observers or [])
         self.access = access
         self.default_timeout_s = default_timeout_s
         self.default_max_request_bytes = default_max_request_bytes
@@ -273,7 +282,7 @@ class DataPlane:
             prediction = await self.predict(dep, inputs, parameters)
             return await self._respond(request, dep, prediction, principal, guards, started)
         except BaseException as exc:  # counted, then raised unchanged
-            self._failed(request, info, exc)
+            self._failed(request, info, exc, started)
             raise
 
     async def _respond(
@@ -292,6 +301,12 @@ class DataPlane:
         self.metrics.deployment(served.model, served.version, request.protocol).answered(
             time.perf_counter() - started
         )
+        if self.observers:
+            self._emit(
+                InferenceEvent.ended(
+                    request, served, started, results=results, usage=prediction.usage
+                )
+            )
         return InferenceResponse(
             id=new_id("pred"),
             model=served.model,
@@ -341,7 +356,7 @@ class DataPlane:
                     member
                 )
             except Exception as exc:  # this request alone fails; counted
-                self._failed(request, info, exc)
+                self._failed(request, info, exc, started)
                 outcomes[index] = exc
 
         async def run_group(members: list[_Admitted]) -> None:
@@ -352,7 +367,7 @@ class DataPlane:
                 parts = split_prediction(prediction, [len(m.inputs) for m in members])
             except Exception as exc:  # the merged call failed: every member fails with it
                 for member in members:
-                    self._failed(member.request, head.dep.info, exc)
+                    self._failed(member.request, head.dep.info, exc, started)
                     outcomes[member.index] = exc
                 return
             for member, part in zip(members, parts, strict=True):
@@ -361,7 +376,7 @@ class DataPlane:
                         member.request, member.dep, part, member.principal, member.guards, started
                     )
                 except Exception as exc:  # charging failed (a budget ran out meanwhile)
-                    self._failed(member.request, member.dep.info, exc)
+                    self._failed(member.request, member.dep.info, exc, started)
                     outcomes[member.index] = exc
 
         async def run_solo(index: int) -> None:
@@ -481,7 +496,11 @@ class DataPlane:
         return dep.batcher
 
     def _failed(
-        self, request: InferenceRequest, info: VersionInfo | None, exc: BaseException
+        self,
+        request: InferenceRequest,
+        info: VersionInfo | None,
+        exc: BaseException,
+        started: float | None = None,
     ) -> None:
         if info is not None:
             self.metrics.failed(info.model, info.version, request.protocol, exc)
@@ -489,6 +508,16 @@ class DataPlane:
             self.metrics.failed(request.model, None, request.protocol, exc)
         else:
             self.metrics.failed(None, None, request.protocol, exc)
+        if started is not None:
+            self._emit(InferenceEvent.ended(request, info, started, error=exc))
+
+    def _emit(self, event: InferenceEvent) -> None:
+        """Hand an ended inference to every observer; an observer's failure is only logged."""
+        for observer in self.observers:
+            try:
+                observer.observe(event)
+            except Exception:  # an observer must never fail the request it watches
+                log.exception("inference observer %r failed", observer)
 
     async def stream(
         self, request: InferenceRequest
@@ -509,7 +538,7 @@ class DataPlane:
                 raise InvalidInput(f"{dep.ref} does not stream", param="stream")
             principal, inputs, _ = await self._secure(request, info)
         except BaseException as exc:  # counted, then raised unchanged
-            self._failed(request, info, exc)
+            self._failed(request, info, exc, started)
             raise
         access, served = self.access, dep.info
 
@@ -531,12 +560,16 @@ class DataPlane:
         """Pass chunks through; count the stream when it ends (a consumer leaving is
         ``cancelled``) and charge its tokens."""
         usage: Usage | None = None
+        pieces: list[str] = []
+        finish: str | None = None
         try:
             async for chunk in chunks:
                 usage = chunk.usage or usage
+                pieces.append(chunk.text)
+                finish = chunk.finish_reason or finish
                 yield chunk
         except BaseException as exc:  # counted, then raised unchanged
-            self.metrics.failed(info.model, info.version, request.protocol, exc)
+            self._failed(request, info, exc, started)
             raise
         finally:
             await chunks.aclose()
@@ -545,6 +578,13 @@ class DataPlane:
         )
         if usage is not None:
             await self._charge(principal, info, usage, 1)
+        if self.observers:
+            result = {"text": "".join(pieces), "finish_reason": finish}
+            self._emit(
+                InferenceEvent.ended(
+                    request, info, started, results=[result], usage=usage, streamed=True
+                )
+            )
 
     async def _pump(self, make: Callable[[], Any]) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()

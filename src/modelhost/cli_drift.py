@@ -1,0 +1,10 @@
+"""The ``modelhost`` commands of the drift subsystem."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``modelhost`` command line."""
+    del app
