@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from support import free_port
 
-from modelhost.jobs.sql import JobRow
+from modelhost.jobs.tables import JobRow
 from modelhost.registry import make_engine
 from modelhost.security.keys import KeyStore, NewKey
 

@@ -56,6 +56,20 @@ def test_invalid_manifest_names_field_and_fix(
     assert hint in info.value.message
 
 
+def test_pricing_takes_fees_per_request_and_per_compute_second() -> None:
+    pricing = {"input": 0.5, "unit": "1m_tokens", "per_request": 0.001, "per_second": 0.02}
+    manifest = parse_manifest({**_valid(), "pricing": {**pricing, "currency": "EUR"}})
+    assert manifest.pricing is not None
+    assert (manifest.pricing.per_request, manifest.pricing.per_second) == (0.001, 0.02)
+    assert manifest.pricing.currency == "EUR"
+    old = parse_manifest(_valid()).pricing  # what earlier manifests said still means the same
+    assert old is not None
+    assert (old.unit, old.per_request, old.per_second, old.currency) == ("1k_tokens", 0, 0, "USD")
+    for wrong, hint in (({"unit": "1k"}, "pricing.unit"), ({"per_second": -1}, "per_second")):
+        with pytest.raises(ManifestError, match=hint):
+            parse_manifest({**_valid(), "pricing": wrong})
+
+
 def test_missing_required_field_says_to_add_it() -> None:
     data = _valid()
     del data["runtime"]

@@ -33,6 +33,7 @@ from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_mas
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.monitoring.drift import build_drift
 from modelhost.monitoring.metrics import Metrics
+from modelhost.monitoring.tracing import Tracer, build_tracer
 from modelhost.monitoring.usage import build_usage
 from modelhost.provenance import build_provenance
 from modelhost.registry import ArtifactStore, Registry, make_engine
@@ -182,17 +183,21 @@ def build_jobs(
         if settings.redis_url
         else MemoryBus()
     )
-    sidecars = (build_deliverer(settings, queue),)
+    sidecars = (build_deliverer(settings, queue, plane.tracer),)
     return queue, Worker(queue, plane, options, bus=bus, sidecars=sidecars), bus
 
 
-def build_services(settings: Settings) -> Services:
-    """Build the object graph (nothing is loaded yet)."""
+def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Services:
+    """Build the object graph (nothing is loaded yet); ``tracer`` replaces the one
+    ``settings.tracing`` describes (tests pass one with an in-memory exporter)."""
     registry = build_registry(settings)
     threads = settings.inference.threads
     manager = ModelManager(registry, threads=threads)
     metrics = Metrics()
     metrics.watch_model_versions(manager.state_counts)
+    metrics.watch_model_states(
+        lambda: ((d.info.model, d.info.version, d.state.value) for d in manager.deployments())
+    )
     keys, authenticator, access = build_security(settings, registry, manager)
     plane = DataPlane(
         manager,
@@ -201,8 +206,11 @@ def build_services(settings: Settings) -> Services:
         default_max_request_bytes=settings.inference.default_max_request_bytes,
         metrics=metrics,
         access=access,
+        observers=[metrics.observer()],
+        tracer=tracer if tracer is not None else build_tracer(settings.tracing),
     )
     jobs, worker, bus = build_jobs(settings, registry, plane)
+    metrics.watch_jobs(jobs.depth)
     services = Services(
         settings=settings,
         registry=registry,
@@ -335,6 +343,7 @@ async def close_services(services: Services) -> None:
     await services.bus.close()
     services.jobs.close()
     services.plane.close()
+    services.plane.tracer.shutdown()
 
 
 async def run_worker(settings: Settings) -> None:
@@ -422,5 +431,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for router in component.routers():
             app.include_router(router)
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, tracer=services.plane.tracer)
     return app

@@ -55,7 +55,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _serve_granian(settings: Settings, log_level: str) -> None:
+def _serve_granian(settings: Settings, log_level: str, log_config: dict[str, Any]) -> None:
     """Granian (Rust HTTP server; the ASGI interface runs the lifespan in every worker)."""
     try:
         from granian import Granian
@@ -74,11 +74,12 @@ def _serve_granian(settings: Settings, log_level: str) -> None:
         loop=Loops.uvloop,
         http=HTTPModes.http1,
         log_level=LogLevels(log_level.lower()),
+        log_dictconfig=log_config,
         log_access=settings.server.access_log,
     ).serve()
 
 
-def _serve_uvicorn(settings: Settings, log_level: str) -> None:
+def _serve_uvicorn(settings: Settings, log_level: str, log_config: dict[str, Any]) -> None:
     """uvicorn with uvloop and httptools (the default)."""
     import uvicorn
 
@@ -90,6 +91,7 @@ def _serve_uvicorn(settings: Settings, log_level: str) -> None:
         workers=settings.server.workers,
         access_log=settings.server.access_log,
         log_level=log_level,
+        log_config=log_config,  # applied in every worker process too
         loop="uvloop",
         http="httptools",
     )
@@ -132,19 +134,19 @@ def serve(
             "[bold red]WARNING: authentication is OFF (--no-auth); do not expose this "
             "server[/bold red]"
         )
+    from modelhost.monitoring.logs import configure_logging
+
     settings = Settings()
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = configure_logging(log_level, settings.log_format)
     out.print(
         f"modelhost serving on http://{settings.server.host}:{settings.server.port} "
         f"(home {settings.home}, {settings.server.http_server.value})",
         highlight=False,
     )
     if settings.server.http_server is HttpServer.GRANIAN:
-        _serve_granian(settings, log_level)
+        _serve_granian(settings, log_level, log_config)
     else:
-        _serve_uvicorn(settings, log_level)
+        _serve_uvicorn(settings, log_level, log_config)
 
 
 @app.command()
@@ -163,16 +165,15 @@ def worker(
     import asyncio
 
     from modelhost.app import run_worker
+    from modelhost.monitoring.logs import configure_logging
 
     if concurrency is not None:
         os.environ["MODELHOST_JOBS__WORKERS"] = str(concurrency)
     if backend is not None:
         os.environ["MODELHOST_JOBS__BACKEND"] = backend
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = Settings()
+        configure_logging(log_level, settings.log_format)
         asyncio.run(run_worker(settings))
     except ModelhostError as exc:
         raise _fail(exc.message) from None

@@ -158,6 +158,88 @@ class JobSettings(BaseModel):
     """Seconds one delivery attempt may take."""
 
 
+class DriftSettings(BaseModel):
+    """Drift monitoring of live inputs against each version's reference (docs/drift.md)."""
+
+    enabled: bool = True
+    """Watch live inputs, score drift and send alerts; off: ``GET .../drift`` still answers."""
+    check_interval_s: float = Field(default=60.0, gt=0)
+    """Seconds between two drift checks of a version (a manifest may ask for another)."""
+    window: int = Field(default=1000, ge=10)
+    """Most recent live inputs per version that are scored (a manifest may ask for another)."""
+    min_samples: int = Field(default=200, ge=1)
+    """Live inputs a version needs before it is scored (a manifest may ask for another)."""
+    reference_sample: int = Field(default=2000, ge=100)
+    """Values per feature kept from the reference for the KS test and the report's plots."""
+    max_reference_rows: int = Field(default=100_000, ge=100)
+    """Rows of reference data read at most; a larger file is sampled uniformly."""
+    max_reference_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Largest reference upload (``PUT .../drift/reference``); over it, 413."""
+    alert_url: str | None = None
+    """Where drift alerts go for versions whose manifest names no ``monitoring.alert_url``."""
+    alert_tenant: str = "system"
+    """Tenant whose webhook secret signs drift alerts (``GET /v1/webhooks/secret`` with a key
+    of that tenant shows it); the SSRF allow-list is ``jobs.webhook_allow``."""
+    alert_max_attempts: int = Field(default=4, ge=1)
+    """Delivery attempts of one alert before it is given up."""
+    alert_retry_base_s: float = Field(default=1.0, gt=0)
+    """Wait after the first failed delivery; doubles per attempt, with jitter."""
+    alert_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds one alert delivery attempt may take."""
+    retrain_commands: bool = True
+    """Run the ``monitoring.retrain_command`` of manifests (with the server's privileges, the
+    same trust as the python runtime); off: only ``retrain_url`` hooks are called."""
+    retrain_timeout_s: float = Field(default=600.0, gt=0)
+    """Seconds a retraining command may run before it is killed."""
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing of requests (the ``otel`` extra)."""
+
+    enabled: bool = False
+    """Record spans (request, auth, validation, queue, batch, inference, guards) and export
+    them over OTLP/HTTP; off costs next to nothing."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``; none: the standard
+    ``OTEL_EXPORTER_OTLP_*`` variables, else the collector on localhost."""
+    service_name: str = "modelhost"
+    """``service.name`` of the spans."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of new traces recorded; a request whose ``traceparent`` is sampled always is."""
+
+
+class UsageSettings(BaseModel):
+    """Usage and cost accounting per tenant, principal and model."""
+
+    enabled: bool = True
+    """Count every inference (requests, errors, tokens, compute seconds, cost) in ``mh_usage``."""
+    flush_interval_s: float = Field(default=5.0, gt=0)
+    """How often each process adds what it counted to the database (and at shutdown)."""
+
+
+class ProvenanceSettings(BaseModel):
+    """Provenance records of every inference (docs/provenance.md): written off the request
+    path, in batches, to the registry's database."""
+
+    enabled: bool = True
+    """Record every inference; off, nothing is recorded (records already written stay
+    readable and replayable)."""
+    retention_s: float = Field(default=30 * 24 * 3600.0, gt=0)
+    """Seconds a record is kept; older ones are purged in the background."""
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    """Most seconds a record waits in memory before it is written (and can be read)."""
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    """Most records in one INSERT; a buffer reaching it is written at once."""
+    max_buffer: int = Field(default=50_000, ge=1)
+    """Most records waiting to be written; beyond it new ones are dropped and counted
+    (``modelhost_provenance_records_total{outcome="dropped"}``), never waited for."""
+    purge_interval_s: float = Field(default=3600.0, gt=0)
+    """How often records older than ``retention_s`` are deleted."""
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Largest inputs plus outputs (as JSON) a record keeps; a larger payload keeps only its
+    hashes."""
+
+
 class Settings(BaseSettings):
     """Every setting of modelhost; one nested model per subsystem."""
 
@@ -183,8 +265,19 @@ class Settings(BaseSettings):
     """Input guards."""
     jobs: JobSettings = Field(default_factory=JobSettings)
     """Async jobs."""
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
+    """Provenance records and their retention."""
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    """Drift monitoring."""
     redis_url: str | None = None
     """Redis for rate-limit counters shared by every replica; memory when none."""
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    """OpenTelemetry tracing."""
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    """Usage and cost accounting."""
+    log_format: Literal["text", "json"] = "text"
+    """``text`` for people; ``json``: one JSON object per line with the request and trace ids
+    (``MODELHOST_LOG_FORMAT=json``)."""
 
     @property
     def resolved_database_url(self) -> str:

@@ -90,14 +90,30 @@ class ModelCard(BaseModel):
 
 
 class Pricing(BaseModel):
-    """Optional price list, per unit."""
+    """Optional price list: what one call costs, shown as ``usage.cost`` in every response,
+    summed per tenant, principal and model (``GET /v1/usage``), and counted against budgets.
+
+    A call costs its ``unit`` price, plus ``per_request``, plus ``per_second`` times the
+    seconds the model computed for it. Every price is in ``currency``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     input: float = Field(default=0.0, ge=0)
+    """Price of input: per ``unit`` of input tokens (``1k_tokens``, ``1m_tokens``), per input
+    item (``item``), or per call (``request``)."""
     output: float = Field(default=0.0, ge=0)
-    unit: str = "1k_tokens"
-    currency: str = "USD"
+    """Price per ``unit`` of output tokens (token units only)."""
+    unit: Literal["1k_tokens", "1m_tokens", "item", "request"] = "1k_tokens"
+    """What ``input`` and ``output`` are priced per."""
+    per_request: float = Field(default=0.0, ge=0)
+    """A flat fee on every answered call, whatever the unit."""
+    per_second: float = Field(default=0.0, ge=0)
+    """Price per second of compute: the time the runtime call took (with adaptive batching,
+    the merged call's time, batch wait included; for a job batch, a share of the merged call
+    by inputs)."""
+    currency: str = Field(default="USD", min_length=1, max_length=16)
+    """ISO 4217 code (or any label); totals are never summed across currencies."""
 
 
 class ProvenanceConfig(BaseModel):
@@ -110,16 +126,61 @@ class ProvenanceConfig(BaseModel):
     masked; ``hash``: only their sha256 (not replayable)."""
     sample_rate: float = Field(default=1.0, ge=0, le=1)
     """Share of inferences whose payload is kept; every inference gets a record regardless."""
+    pipeline_version: str | None = Field(default=None, max_length=64)
+    """Version of the preprocessing or feature pipeline this model version expects, written
+    into every record (e.g. ``features-2024.06``)."""
 
 
-class MonitoringConfig(BaseModel):
-    """Drift monitoring of this version's inputs against its training data."""
+class DriftThresholds(BaseModel):
+    """When a feature counts as drifted; any one test past its threshold is enough."""
 
     model_config = ConfigDict(extra="forbid")
 
+    psi: float = Field(default=0.2, gt=0)
+    """Population stability index at or over which a feature drifted (0.1: watch, 0.2: act)."""
+    ks_statistic: float = Field(default=0.1, gt=0, le=1)
+    """Kolmogorov-Smirnov distance (largest gap between the two cumulative distributions) at or
+    over which a numeric feature drifted, provided ``ks_pvalue`` is also met."""
+    ks_pvalue: float = Field(default=0.01, gt=0, le=1)
+    """The KS test's p-value must be under this as well, so small samples do not alarm."""
+    kl: float | None = Field(default=None, gt=0)
+    """KL divergence (live ‖ reference) at or over which a feature drifted; None: reported only."""
+
+
+class MonitoringConfig(BaseModel):
+    """Drift monitoring of this version's inputs against its training data (docs/drift.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    """Watch this version's live inputs (only once it has a reference)."""
     reference_data: str | None = None
-    """Artifact key or relative path of the training data (CSV or JSONL) reference statistics
-    are computed from when the version is pushed."""
+    """Artifact key or relative path of the training data (CSV with a header row, JSONL of
+    inputs, or a JSON array of inputs) the reference statistics are computed from, once, when
+    the version is first monitored; ``PUT .../drift/reference`` supplies one instead."""
+    features: list[str] = Field(default_factory=list)
+    """Input fields to watch; empty: ``options.feature_names``, else every field of the
+    reference data."""
+    categorical: list[str] = Field(default_factory=list)
+    """Fields to treat as categories (frequencies) whatever their values look like."""
+    text: list[str] = Field(default_factory=list)
+    """Fields to treat as free text (length distribution) whatever their values look like."""
+    bins: int = Field(default=10, ge=2, le=100)
+    """Quantile bins of the reference that PSI and KL count numeric values in."""
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    window: int | None = Field(default=None, ge=10)
+    """Live inputs scored (the most recent ones); default ``drift.window``."""
+    min_samples: int | None = Field(default=None, ge=1)
+    """Live inputs needed before scoring; default ``drift.min_samples``."""
+    check_interval_s: float | None = Field(default=None, gt=0)
+    """Seconds between two checks of this version; default ``drift.check_interval_s``."""
+    alert_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """Where ``drift.alert`` and ``drift.resolved`` webhooks go; default ``drift.alert_url``."""
+    retrain_command: list[str] = Field(default_factory=list)
+    """Command run (no shell) when drift is detected, the alert's evidence JSON on its stdin,
+    e.g. ``["python", "retrain.py"]``."""
+    retrain_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """URL POSTed the evidence (signed, event ``drift.retrain``) when drift is detected."""
 
 
 class ModelManifest(BaseModel):

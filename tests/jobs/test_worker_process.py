@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelhost.jobs import EventKind, JobStatus, NewJob, QueueBackend, SqlQueue
-from modelhost.jobs.sql import JobRow
+from modelhost.jobs.tables import JobRow
 from modelhost.registry import make_engine
 from tests.conftest import modelhost_env, run_cli, write_python_model
 

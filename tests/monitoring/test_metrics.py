@@ -12,8 +12,9 @@ import prometheus_client
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
 
-from modelhost.app import Services, build_services
+from modelhost.app import Services, build_services, close_services
 from modelhost.config import DemoSettings, InferenceSettings, Settings
 from modelhost.demo import IRIS_FEATURES
 from modelhost.errors import (
@@ -24,6 +25,7 @@ from modelhost.errors import (
     RuntimeFailure,
     VersionNotFound,
 )
+from modelhost.jobs import NewJob, SqlQueue
 from modelhost.monitoring import Metrics, outcome_of
 from modelhost.registry import Stage
 from modelhost.serving.dataplane import InferenceRequest
@@ -179,3 +181,96 @@ def test_metrics_endpoint_over_http_shows_counters_and_batch_sizes(
     assert delta("modelhost_inference_duration_seconds_count", **iris) == 3.0
     assert "# TYPE modelhost_batch_size histogram" in after
     assert scraped(after, "modelhost_model_versions", state="ready") >= 1.0
+
+
+# -- tokens, cost, jobs, model states ------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def priced(tmp_path: Path) -> AsyncIterator[Services]:
+    """The composition root's services serving ``priced`` (1 token per input, pricing in EUR)."""
+    settings = Settings(home=tmp_path / "home", demo=DemoSettings(enabled=False))
+    services = build_services(settings)
+    pricing = {"input": 1.0, "unit": "1k_tokens", "per_request": 0.25, "currency": "EUR"}
+    directory = write_python_model(tmp_path / "models", "priced", pricing=pricing)
+    services.registry.push(directory, actor="test", stage=Stage.PRODUCTION)
+    await services.manager.refresh()
+    await services.manager.wait_loaded(timeout=60)
+    yield services
+    await close_services(services)
+    services.registry.engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_tokens_and_cost_of_live_traffic_are_counted(priced: Services) -> None:
+    plane = priced.plane
+    await plane.infer(InferenceRequest(model="priced", inputs=[{"text": "a"}, {"text": "b"}]))
+    replay = InferenceRequest(model="priced", inputs=[{"text": "a"}], replay_of="rid-0")
+    await plane.infer(replay)
+    labels = {"model": "priced", "version": "1.0.0"}
+    assert _sample(priced, "modelhost_tokens_total", **labels, kind="input") == 2.0
+    assert _sample(priced, "modelhost_tokens_total", **labels, kind="output") == 0.0
+    cost = _sample(priced, "modelhost_cost_total", **labels, currency="EUR")
+    assert cost == pytest.approx(2 / 1000 + 0.25)
+
+
+@pytest.mark.asyncio
+async def test_jobs_record_their_queue_wait_and_latency_by_outcome(priced: Services) -> None:
+    def job(text: Any) -> InferenceRequest:
+        return InferenceRequest(
+            model="priced", inputs=[{"text": text}], protocol="jobs", queued_s=2.0
+        )
+
+    await priced.plane.infer_many([job("a"), job("b"), job(1)])
+    labels = {"model": "priced", "version": "1.0.0"}
+    assert _sample(priced, "modelhost_job_queue_wait_seconds_count", **labels) == 3.0
+    assert _sample(priced, "modelhost_job_queue_wait_seconds_sum", **labels) == 6.0
+    assert _sample(priced, "modelhost_job_queue_wait_seconds_bucket", **labels, le="1.0") == 0
+    ok = _sample(priced, "modelhost_job_latency_seconds_count", **labels, outcome="ok")
+    assert ok == 2.0
+    bad = {**labels, "outcome": "invalid_input"}
+    assert _sample(priced, "modelhost_job_latency_seconds_count", **bad) == 1.0
+    latency = _sample(priced, "modelhost_job_latency_seconds_sum", **labels, outcome="ok")
+    assert latency is not None
+    assert latency >= 4.0
+
+
+@pytest.mark.asyncio
+async def test_model_states_are_published_per_version(priced: Services) -> None:
+    text = priced.metrics.exposition().decode()
+    assert scraped(text, "modelhost_model_state", model="priced", state="ready") == 1.0
+    assert scraped(text, "modelhost_model_state", model="priced", state="loading") == 0.0
+    await priced.manager.unload("priced@1.0.0")
+    text = priced.metrics.exposition().decode()
+    assert scraped(text, "modelhost_model_state", model="priced", state="unloaded") == 1.0
+
+
+def test_queue_depth_is_read_from_the_queue_at_scrape_time(engine: Engine) -> None:
+    queue = SqlQueue(engine)
+    metrics = Metrics()
+    metrics.watch_jobs(queue.depth)
+    text = metrics.exposition().decode()
+    assert scraped(text, "modelhost_jobs", status="queued") == 0.0
+    assert scraped(text, "modelhost_jobs", status="running") == 0.0
+    for n in range(3):
+        queue.enqueue(NewJob(tenant="acme", model="m", inputs=[n]))
+    assert queue.claim("w", 30) is not None
+    text = metrics.exposition().decode()
+    assert scraped(text, "modelhost_jobs", status="queued") == 2.0
+    assert scraped(text, "modelhost_jobs", status="running") == 1.0
+
+
+def test_a_source_that_fails_leaves_its_family_empty_not_the_scrape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+
+    def down() -> dict[str, int]:
+        raise ConnectionError("the database is down")
+
+    metrics.watch_jobs(down)
+    metrics.watch_model_versions(lambda: {"ready": 2})
+    text = metrics.exposition().decode()
+    assert "# TYPE modelhost_jobs gauge" in text
+    assert scraped(text, "modelhost_model_versions", state="ready") == 2.0
+    assert "reading modelhost_jobs failed" in caplog.text

@@ -97,3 +97,24 @@ def test_price_units() -> None:
     assert price_of(Pricing(input=1, output=2), usage, 3) == pytest.approx(2.0)
     assert price_of(Pricing(input=0.5, unit="item"), usage, 3) == pytest.approx(1.5)
     assert price_of(Pricing(input=0.25, unit="request"), usage, 3) == pytest.approx(0.25)
+
+
+def test_a_per_request_fee_and_compute_seconds_add_to_any_unit() -> None:
+    usage = Usage(input_tokens=2_000_000, output_tokens=1_000_000)
+    fees = {"per_request": 0.5, "per_second": 0.1}
+    by_tokens = Pricing(input=1, output=3, unit="1m_tokens", **fees)
+    assert price_of(by_tokens, usage, 1, seconds=2.0) == pytest.approx(2 + 3 + 0.5 + 0.2)
+    assert price_of(by_tokens, usage, 1) == pytest.approx(5.5)  # no compute measured
+    only_time = Pricing(per_second=0.01)
+    assert price_of(only_time, Usage(), 1, seconds=30) == pytest.approx(0.3)
+    assert price_of(only_time, Usage(), 1, seconds=-1) == 0  # a clock step never pays back
+
+
+@pytest.mark.asyncio
+async def test_a_budget_is_charged_what_the_data_plane_priced(limiter: RateLimiter) -> None:
+    who, info = _principal(budget=0.05), _version()
+    priced = Usage(input_tokens=2, output_tokens=4, cost=0.05, currency="USD")  # compute included
+    await limiter.admit(who, info)
+    assert await limiter.charge(who, info, priced, 1) == 0.05
+    with pytest.raises(BudgetExceeded, match="budget"):
+        await limiter.admit(who, info)

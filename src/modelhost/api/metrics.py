@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -14,6 +16,8 @@ def build_router(metrics: Metrics) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
     async def scrape() -> Response:
-        return Response(metrics.exposition(), media_type=metrics.content_type)
+        # in a thread: some families are read at scrape time from the database (job counts)
+        body = await asyncio.to_thread(metrics.exposition)
+        return Response(body, media_type=metrics.content_type)
 
     return router

@@ -8,6 +8,8 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelhost.api.errors import internal_error
+from modelhost.monitoring.logs import REQUEST_ID
+from modelhost.monitoring.tracing import RequestSpan, Tracer
 
 log = logging.getLogger("modelhost.api")
 _HEADER = b"x-request-id"
@@ -16,12 +18,17 @@ _HEADER = b"x-request-id"
 class RequestIdMiddleware:
     """Give every HTTP request an id (the caller's ``X-Request-ID`` or a new one) and echo it.
 
+    The id is also put in :data:`~modelhost.monitoring.logs.REQUEST_ID` while the request runs,
+    so log lines carry it. With tracing on, the request runs inside its server span (a child of
+    the caller's ``traceparent``), named after the matched route once routing found it.
+
     It also turns an unhandled exception into a JSON 500 that still carries the id, and logs
     the traceback under that id.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, tracer: Tracer | None = None) -> None:
         self.app = app
+        self.tracer = tracer if tracer is not None else Tracer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,7 +41,23 @@ class RequestIdMiddleware:
                 break
         if not rid:
             rid = secrets.token_hex(12).encode()
-        scope.setdefault("state", {})["request_id"] = rid.decode("latin-1")
+        text = rid.decode("latin-1")
+        scope.setdefault("state", {})["request_id"] = text
+        token = REQUEST_ID.set(text)
+        try:
+            if self.tracer.enabled:
+                with self.tracer.request(
+                    scope["method"], scope["path"], scope["headers"], text
+                ) as span:
+                    await self._answer(scope, receive, send, rid, span)
+            else:
+                await self._answer(scope, receive, send, rid, None)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, rid: bytes, span: RequestSpan | None
+    ) -> None:
         started = False
 
         async def send_with_id(message: Message) -> None:
@@ -42,6 +65,8 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), (_HEADER, rid)]
+                if span is not None:
+                    span.status(message["status"])
             await send(message)
 
         try:
@@ -51,3 +76,7 @@ class RequestIdMiddleware:
             if started:
                 raise
             await internal_error(rid.decode("latin-1"))(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            if span is not None and route is not None:
+                span.route(getattr(route, "path", "") or scope["path"])

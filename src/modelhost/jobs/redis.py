@@ -38,7 +38,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from modelhost.errors import MissingDependencyError, ServiceError
 from modelhost.jobs.base import Batch, Job, JobStatus, NewBatch, NewJob, Retry
-from modelhost.jobs.sql import BatchRow, EventRow, JobRow, SqlQueue
+from modelhost.jobs.sql import SqlQueue
+from modelhost.jobs.tables import BatchRow, EventRow, JobRow
 
 try:
     import redis

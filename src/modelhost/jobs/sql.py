@@ -14,13 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    JSON,
-    Float,
-    Index,
-    Integer,
     Select,
-    String,
-    UniqueConstraint,
     and_,
     case,
     delete,
@@ -32,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from modelhost.jobs.base import (
@@ -46,7 +40,15 @@ from modelhost.jobs.base import (
     QueueBackend,
     Retry,
     new_batch_id,
-    new_job_id,
+)
+from modelhost.jobs.tables import (
+    TABLES,
+    BatchRow,
+    EventRow,
+    JobRow,
+    item_values,
+    job_of,
+    job_values,
 )
 from modelhost.registry.db import Base
 
@@ -55,161 +57,6 @@ _RUNNING = JobStatus.RUNNING.value
 _UNFINISHED = (_QUEUED, _RUNNING)
 #: How many times one claim retries when other workers won every candidate it picked.
 _CLAIM_TRIES = 5
-
-
-class JobRow(Base):
-    """One job: the request, who sent it, its state, its lease, its outcome."""
-
-    __tablename__ = "mh_jobs"
-    __table_args__ = (
-        UniqueConstraint("tenant", "idempotency_key", name="uq_mh_jobs_tenant_idempotency"),
-        Index("ix_mh_jobs_runnable", "status", "priority", "created_at"),
-        Index("ix_mh_jobs_tenant_created", "tenant", "created_at"),
-        Index("ix_mh_jobs_batch_item", "batch_id", "item"),
-        Index("ix_mh_jobs_webhook", "webhook_state", "webhook_at"),
-    )
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(128))
-    model: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    inputs: Mapped[list[Any]] = mapped_column(JSON)
-    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    principal: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16))
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
-    run_at: Mapped[float] = mapped_column(Float)
-    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
-    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    """None (no callback), ``waiting`` (job unfinished), ``pending``, ``delivered``, ``failed``."""
-    webhook_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    """When the next delivery attempt is due (or the current one's lease ends)."""
-    webhook_attempts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    item: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    custom_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-
-
-class EventRow(Base):
-    """One line of a job's history."""
-
-    __tablename__ = "mh_job_events"
-    __table_args__ = (Index("ix_mh_job_events_job", "job_id", "seq"),)
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(40))
-    tenant: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(16))
-    at: Mapped[float] = mapped_column(Float)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-class BatchRow(Base):
-    """One batch; its items are job rows carrying its id."""
-
-    __tablename__ = "mh_batches"
-    __table_args__ = (
-        UniqueConstraint("tenant", "idempotency_key", name="uq_mh_batches_tenant_idempotency"),
-        Index("ix_mh_batches_tenant_created", "tenant", "created_at"),
-    )
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(128))
-    model: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    priority: Mapped[int] = mapped_column(Integer)
-    total: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[float] = mapped_column(Float)
-    cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-_TABLES = (JobRow.__tablename__, EventRow.__tablename__, BatchRow.__tablename__)
-
-
-def _job(row: JobRow) -> Job:
-    webhook = None
-    if row.webhook_state is not None:
-        webhook = {"state": row.webhook_state, "attempts": list(row.webhook_attempts or [])}
-    return Job(
-        id=row.id,
-        tenant=row.tenant,
-        model=row.model,
-        inputs=row.inputs,
-        parameters=row.parameters,
-        principal=row.principal,
-        version=row.version,
-        status=JobStatus(row.status),
-        priority=row.priority,
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        created_at=row.created_at,
-        idempotency_key=row.idempotency_key,
-        run_at=row.run_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        lease_until=row.lease_until,
-        worker=row.worker,
-        result=row.result,
-        error=row.error,
-        callback_url=row.callback_url,
-        webhook=webhook,
-        batch_id=row.batch_id,
-        item=row.item,
-        custom_id=row.custom_id,
-    )
-
-
-def _row(new: NewJob, now: float) -> dict[str, Any]:
-    """Column values of a new queued job."""
-    return {
-        "id": new_job_id(),
-        "tenant": new.tenant,
-        "model": new.model,
-        "version": new.version,
-        "inputs": new.inputs,
-        "parameters": new.parameters,
-        "principal": new.principal,
-        "status": _QUEUED,
-        "priority": new.priority,
-        "attempts": 0,
-        "max_attempts": max(1, new.max_attempts),
-        "idempotency_key": new.idempotency_key,
-        "created_at": now,
-        "run_at": now,
-        "callback_url": new.callback_url,
-        "webhook_state": "waiting" if new.callback_url else None,
-        "webhook_attempts": [] if new.callback_url else None,
-        "batch_id": new.batch_id,
-        "item": new.item,
-        "custom_id": new.custom_id,
-    }
-
-
-def _item_row(
-    batch: NewBatch, batch_id: str, position: int, item: NewJob, now: float
-) -> dict[str, Any]:
-    """Column values of a new batch item."""
-    values = _row(item, now)
-    values.update(
-        tenant=batch.tenant,
-        priority=batch.priority,
-        batch_id=batch_id,
-        item=position if item.item is None else item.item,
-    )
-    return values
 
 
 #: A job or batch row: both have ``id``, ``tenant`` and ``created_at``.
@@ -299,7 +146,7 @@ class SqlQueue(QueueBackend):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in _TABLES])
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in TABLES])
 
     # -- writing, with history -------------------------------------------------------------
 
@@ -362,7 +209,7 @@ class SqlQueue(QueueBackend):
             found = self.find(new.tenant, new.idempotency_key)
             if found is not None:
                 return found, False
-        values = _row(new, self.clock())
+        values = job_values(new, self.clock())
         try:
             with Session(self.engine) as session, session.begin():
                 session.execute(insert(JobRow), [values])
@@ -374,7 +221,7 @@ class SqlQueue(QueueBackend):
             if found is None:
                 raise
             return found, False
-        return _job(JobRow(**values)), True  # what was written; no need to read it back
+        return job_of(JobRow(**values)), True  # what was written; no need to read it back
 
     def enqueue_batch(self, batch: NewBatch, items: list[NewJob]) -> tuple[Batch, bool]:
         """Store the batch and all its items at once (no item without its batch). Items take
@@ -402,7 +249,7 @@ class SqlQueue(QueueBackend):
                     )
                 )
                 session.flush()
-                rows = [_item_row(batch, batch_id, n, item, now) for n, item in enumerate(items)]
+                rows = [item_values(batch, batch_id, n, item, now) for n, item in enumerate(items)]
                 for start in range(0, len(rows), 1000):
                     chunk = rows[start : start + 1000]
                     session.execute(insert(JobRow), chunk)
@@ -570,7 +417,7 @@ class SqlQueue(QueueBackend):
     def _get(self, job_id: str) -> Job | None:
         with Session(self.engine) as session:
             row = session.get(JobRow, job_id)
-            return _job(row) if row is not None else None
+            return job_of(row) if row is not None else None
 
     def _get_many(self, ids: Sequence[str]) -> list[Job]:
         """The jobs ``ids``, in the queue's order (priority, then age)."""
@@ -578,7 +425,7 @@ class SqlQueue(QueueBackend):
             rows = session.scalars(
                 select(JobRow).where(JobRow.id.in_(list(ids))).order_by(*_QUEUE_ORDER)
             ).all()
-            return [_job(row) for row in rows]
+            return [job_of(row) for row in rows]
 
     def get(self, tenant: str, job_id: str) -> Job | None:
         """The tenant's job, or None."""
@@ -586,7 +433,7 @@ class SqlQueue(QueueBackend):
             row = session.scalars(
                 select(JobRow).where(JobRow.id == job_id, JobRow.tenant == tenant)
             ).first()
-            return _job(row) if row is not None else None
+            return job_of(row) if row is not None else None
 
     def find(self, tenant: str, idempotency_key: str) -> Job | None:
         """The tenant's job with ``idempotency_key``, or None."""
@@ -596,7 +443,7 @@ class SqlQueue(QueueBackend):
                     JobRow.tenant == tenant, JobRow.idempotency_key == idempotency_key
                 )
             ).first()
-            return _job(row) if row is not None else None
+            return job_of(row) if row is not None else None
 
     def list_jobs(
         self,
@@ -615,7 +462,7 @@ class SqlQueue(QueueBackend):
             query = query.where(JobRow.model == model)
         with Session(self.engine) as session:
             rows = _newest_first(session, JobRow, query, tenant, before, limit)
-            return [_job(row) for row in rows]
+            return [job_of(row) for row in rows]
 
     def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
         """The tenant's job's history after ``seq`` ``after``, oldest first."""
@@ -709,7 +556,7 @@ class SqlQueue(QueueBackend):
                 .order_by(JobRow.item)
                 .limit(limit)
             ).all()
-            return [_job(row) for row in rows]
+            return [job_of(row) for row in rows]
 
     def cancel_batch(self, tenant: str, batch_id: str) -> Batch | None:
         """Mark the batch cancelled and cancel the items not finished yet; a batch whose items
@@ -772,6 +619,16 @@ class SqlQueue(QueueBackend):
             self._log(session, [(row.id, row.tenant, row.attempts)], EventKind.WEBHOOK, detail)
 
     # -- upkeep ------------------------------------------------------------------------------
+
+    def depth(self) -> dict[str, int]:
+        """Queued and running jobs, counted on the runnable index (status first)."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(JobRow.status, func.count())
+                .where(JobRow.status.in_(_UNFINISHED))
+                .group_by(JobRow.status)
+            ).all()
+        return {str(status): int(count) for status, count in rows}
 
     def purge(self, retention: float) -> int:
         """Expire stale queued jobs and delete finished ones older than ``retention`` (with

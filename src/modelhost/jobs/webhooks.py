@@ -44,6 +44,7 @@ from modelhost import __version__
 from modelhost.config import JobSettings, Settings
 from modelhost.errors import ConfigError, InvalidInput
 from modelhost.jobs.base import Backoff, Job, QueueBackend
+from modelhost.monitoring.tracing import Tracer
 from modelhost.protocol.jobs import iso, job_view
 
 log = logging.getLogger("modelhost.jobs.webhooks")
@@ -404,6 +405,7 @@ class WebhookDeliverer:
         options: retries, timeouts, concurrency.
         worker: the name leases are taken under.
         clock: seconds since the epoch (timestamps, backoff).
+        tracer: records a ``webhook`` span per POST and sends its ``traceparent`` along.
     """
 
     def __init__(
@@ -415,8 +417,10 @@ class WebhookDeliverer:
         *,
         worker: str | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self.backend = backend
+        self.tracer = tracer if tracer is not None else Tracer()
         self.policy = policy
         self.master_secret = master_secret
         self.options = options or DeliveryOptions()
@@ -551,15 +555,18 @@ class WebhookDeliverer:
         body: bytes,
     ) -> _Outcome:
         extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
-        request = client.build_request(
-            "POST",
-            target.url.copy_with(host=address),
-            headers={**headers, "Host": target.host_header},
-            content=body,
-            extensions=extensions,
-        )
-        response = await client.send(request, stream=True)
-        await response.aclose()  # the status is all we need; never read a receiver's body
+        with self.tracer.span("webhook", {"server.address": target.host}):
+            headers = {**headers, "Host": target.host_header}
+            self.tracer.inject(headers)  # W3C traceparent of this delivery's span
+            request = client.build_request(
+                "POST",
+                target.url.copy_with(host=address),
+                headers=headers,
+                content=body,
+                extensions=extensions,
+            )
+            response = await client.send(request, stream=True)
+            await response.aclose()  # the status is all we need; never read a receiver's body
         code = response.status_code
         if 200 <= code < 300:
             return _Outcome(status_code=code)
@@ -567,11 +574,14 @@ class WebhookDeliverer:
         return _Outcome(status_code=code, error=error, retry_after=_retry_after(response))
 
 
-def build_deliverer(settings: Settings, backend: QueueBackend) -> WebhookDeliverer:
+def build_deliverer(
+    settings: Settings, backend: QueueBackend, tracer: Tracer | None = None
+) -> WebhookDeliverer:
     """The deliverer the ``jobs`` settings describe, over ``backend``."""
     return WebhookDeliverer(
         backend,
         CallbackPolicy(settings.jobs.webhook_allow),
         webhook_master_secret(settings),
         DeliveryOptions.from_settings(settings.jobs),
+        tracer=tracer,
     )

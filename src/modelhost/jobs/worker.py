@@ -175,9 +175,9 @@ class Worker:
         self._stop.set()
         self._wake.set()
         grace = self.options.drain_timeout if drain is None else drain
-        if self._running and grace > 0:
+        if self._tasks and grace > 0:  # each task ends after the batch it is running
             log.info("draining %d running job batch(es), up to %.3gs", len(self._running), grace)
-            await asyncio.wait(list(self._running), timeout=grace)
+            await asyncio.wait(list(self._tasks), timeout=grace)
         unfinished = list(self._running)
         for run in unfinished:  # out of time: give these jobs back to the queue
             run.cancel()
@@ -191,16 +191,26 @@ class Worker:
 
     async def _loop(self, name: str) -> None:
         while not self._stop.is_set():
-            try:
-                jobs = await asyncio.to_thread(
+            claim = asyncio.ensure_future(
+                asyncio.to_thread(
                     self.backend.claim_many,
                     name,
                     self.options.visibility_timeout,
                     self.options.claim_batch,
                 )
+            )
+            try:
+                jobs = await asyncio.shield(claim)
+            except asyncio.CancelledError:  # stopping mid-claim: give back what it won
+                with contextlib.suppress(Exception):
+                    await self._release(name, await claim, set())
+                raise
             except Exception:  # a database hiccup must not stop the worker; it is logged
                 log.exception("claiming jobs failed")
                 jobs = []
+            if jobs and self._stop.is_set():  # claimed while stopping: not ours to run
+                await self._release(name, jobs, set())
+                return
             if not jobs:
                 await self._idle()
                 continue

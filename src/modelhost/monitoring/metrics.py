@@ -1,29 +1,40 @@
 """Every Prometheus metric of modelhost, in one place.
 
 A :class:`Metrics` object owns its own :class:`~prometheus_client.CollectorRegistry`; the
-composition root builds one and passes it to whatever records (the data plane) and to the
-``/metrics`` route. Nothing here touches prometheus_client's global default registry, so two
-apps in one process (tests) never share counters.
+composition root builds one and passes it to whatever records (the data plane, and the
+observer from :meth:`Metrics.observer` on it) and to the ``/metrics`` route. Nothing here
+touches prometheus_client's global default registry, so two apps in one process (tests) never
+share counters.
 
-=====================================  =========  ==========================================
-Name                                   Type       Labels
-=====================================  =========  ==========================================
-``modelhost_requests_total``           counter    model, version, protocol, outcome
-``modelhost_request_duration_seconds`` histogram  model, version, protocol
-``modelhost_inference_duration_seconds`` histogram  model, version
-``modelhost_batch_size``               histogram  model, version
-``modelhost_model_versions``           gauge      state
-=====================================  =========  ==========================================
+==========================================  =========  =====================================
+Name                                        Type       Labels
+==========================================  =========  =====================================
+``modelhost_requests_total``                counter    model, version, protocol, outcome
+``modelhost_request_duration_seconds``      histogram  model, version, protocol
+``modelhost_inference_duration_seconds``    histogram  model, version
+``modelhost_batch_size``                    histogram  model, version
+``modelhost_tokens_total``                  counter    model, version, kind (input, output)
+``modelhost_cost_total``                    counter    model, version, currency
+``modelhost_job_queue_wait_seconds``        histogram  model, version
+``modelhost_job_latency_seconds``           histogram  model, version, outcome
+``modelhost_jobs``                          gauge      status (queued, running)
+``modelhost_model_versions``                gauge      state
+``modelhost_model_state``                   gauge      model, version, state
+``modelhost_drift_score``                   gauge      model, version, feature, method
+==========================================  =========  =====================================
 
 ``outcome`` is ``ok`` or the kind of error (see :func:`outcome_of`); ``protocol`` is the one a
 transport set on the request, or ``any``. A request whose model is not registered is counted
 under model and version ``_unknown`` (no registered name starts with ``_``), so callers cannot
-grow the label set.
+grow the label set. Tokens and cost count live traffic only (replays are left out, as in
+``GET /v1/usage``). There is no cache-hit metric yet: modelhost has no response cache so far,
+and a counter that can never move would only mislead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -49,6 +60,9 @@ from modelhost.errors import (
     RuntimeFailure,
     ServiceError,
 )
+from modelhost.serving.observers import InferenceEvent, InferenceObserver
+
+log = logging.getLogger("modelhost.metrics")
 
 #: Label value of a request that named no transport.
 ANY_PROTOCOL = "any"
@@ -75,6 +89,10 @@ LATENCY_BUCKETS = (
 )
 #: Inputs per runtime call.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Seconds a job waits or takes, from enqueue: from a worker that was idle to a backlog.
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: The ``modelhost_jobs`` statuses: what is waiting and what is being worked on.
+JOB_STATES = ("queued", "running")
 
 #: Outcome label per error class; the first ``isinstance`` match wins.
 _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
@@ -124,30 +142,79 @@ class DeploymentMetrics:
         self.inference_seconds.observe(seconds)
 
 
-class _VersionStates(Collector):
-    """``modelhost_model_versions{state}``, read from the model manager at scrape time."""
+class _ScrapeTimeGauge(Collector):
+    """A gauge family whose samples are read at scrape time from a callback (the model
+    manager, the job queue). A failing callback is logged and leaves the family empty, so one
+    unreachable database never breaks the whole scrape."""
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self._counts = counts
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: list[str],
+        samples: Callable[[], Iterable[tuple[Iterable[str], float]]],
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._samples = samples
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "modelhost_model_versions",
-            "Model versions known to this server, by serving state.",
-            labels=["state"],
-        )
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
 
     def describe(self) -> Iterable[Metric]:
-        """The family without samples, so registering does not call the manager."""
+        """The family without samples, so registering does not call the callback."""
         return [self._family()]
 
     def collect(self) -> Iterable[Metric]:
-        """One sample per state."""
+        """The callback's samples, sorted by labels."""
         family = self._family()
-        for state, count in sorted(self._counts().items()):
-            family.add_metric([state], count)
+        try:
+            samples = sorted((list(labels), value) for labels, value in self._samples())
+        except Exception:  # a scrape must not fail because one source is down; it is logged
+            log.exception("reading %s failed", self._name)
+            samples = []
+        for labels, value in samples:
+            family.add_metric(labels, value)
         return [family]
+
+
+@dataclass(frozen=True, slots=True)
+class _UsageMetrics:
+    """The labelled token and cost children of one version (and currency), cached."""
+
+    input_tokens: Counter
+    output_tokens: Counter
+    cost: Counter | None
+
+
+class _Recorder(InferenceObserver):
+    """Records tokens, cost and job timings of every ended inference (an observer on the
+    data plane, so every protocol and the job worker are counted alike)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def observe(self, event: InferenceEvent) -> None:
+        """Count the event's tokens and cost (live traffic) and its job timings."""
+        request, info = event.request, event.info
+        model, version = (info.model, info.version) if info is not None else (UNKNOWN, UNKNOWN)
+        usage = event.usage
+        live = request.replay_of is None and request.protocol != "replay"
+        if usage is not None and live:
+            children = self._metrics.usage(model, version, usage.currency)
+            if usage.input_tokens:
+                children.input_tokens.inc(usage.input_tokens)
+            if usage.output_tokens:
+                children.output_tokens.inc(usage.output_tokens)
+            if children.cost is not None and usage.cost:
+                children.cost.inc(usage.cost)
+        if request.queued_s is not None:
+            outcome = "ok" if event.error is None else outcome_of(event.error)
+            self._metrics.job_wait.labels(model, version).observe(request.queued_s)
+            self._metrics.job_latency.labels(model, version, outcome).observe(
+                request.queued_s + event.duration_s
+            )
 
 
 class Metrics:
@@ -189,6 +256,33 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "modelhost_tokens",
+            "Tokens (or items, for models that count inputs) of answered live inferences.",
+            ["model", "version", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "modelhost_cost",
+            "Cost of answered live inferences under each version's pricing, in its currency.",
+            ["model", "version", "currency"],
+            registry=self.registry,
+        )
+        self.job_wait = Histogram(
+            "modelhost_job_queue_wait_seconds",
+            "Seconds an async job waited in the queue before an attempt started.",
+            ["model", "version"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_latency = Histogram(
+            "modelhost_job_latency_seconds",
+            "Seconds from a job's enqueue to the end of an attempt at it (a retried job counts "
+            "once per attempt), by outcome.",
+            ["model", "version", "outcome"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
         self.drift_score = Gauge(
             "modelhost_drift_score",
             "Drift of live inputs from the reference, by feature and method (psi, ks, kl); "
@@ -197,6 +291,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}
+        self._usage: dict[tuple[str, str, str | None], _UsageMetrics] = {}
 
     def deployment(
         self, model: str, version: str, protocol: str = ANY_PROTOCOL
@@ -224,9 +319,65 @@ class Metrics:
         """Publish the latest drift score of one feature (or ``_overall``) of a version."""
         self.drift_score.labels(model, version, feature, method).set(score)
 
+    def usage(self, model: str, version: str, currency: str | None) -> _UsageMetrics:
+        """The cached token and cost recorders of one version (no cost without a currency)."""
+        key = (model, version, currency)
+        found = self._usage.get(key)
+        if found is None:
+            found = _UsageMetrics(
+                input_tokens=self.tokens.labels(model, version, "input"),
+                output_tokens=self.tokens.labels(model, version, "output"),
+                cost=self.cost.labels(model, version, currency) if currency else None,
+            )
+            self._usage[key] = found
+        return found
+
+    def observer(self) -> InferenceObserver:
+        """The data plane observer that records tokens, cost and job timings."""
+        return _Recorder(self)
+
     def watch_model_versions(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Publish ``modelhost_model_versions{state}`` from ``counts``, read at scrape time."""
-        self.registry.register(_VersionStates(counts))
+        self.registry.register(
+            _ScrapeTimeGauge(
+                "modelhost_model_versions",
+                "Model versions known to this server, by serving state.",
+                ["state"],
+                lambda: (([state], count) for state, count in counts().items()),
+            )
+        )
+
+    def watch_model_states(self, states: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
+        """Publish ``modelhost_model_state{model,version,state}`` (1 for each version's
+        current state) from ``states`` (``(model, version, state)`` triples), read at scrape
+        time."""
+        self.registry.register(
+            _ScrapeTimeGauge(
+                "modelhost_model_state",
+                "1 for the serving state each model version is in (loading, ready, failed, "
+                "unloaded).",
+                ["model", "version", "state"],
+                lambda: (([model, version, state], 1.0) for model, version, state in states()),
+            )
+        )
+
+    def watch_jobs(self, depth: Callable[[], Mapping[str, int]]) -> None:
+        """Publish ``modelhost_jobs{status}`` (queued and running jobs, every process's) from
+        ``depth`` (the job queue's counts by status), read at scrape time."""
+
+        def samples() -> list[tuple[list[str], float]]:
+            counts = depth()
+            return [([status], counts.get(status, 0)) for status in JOB_STATES]
+
+        self.registry.register(
+            _ScrapeTimeGauge(
+                "modelhost_jobs",
+                "Async jobs (batch items included) waiting in the queue or running, in every "
+                "process sharing the queue.",
+                ["status"],
+                samples,
+            )
+        )
 
     def exposition(self) -> bytes:
         """Everything in the Prometheus text exposition format."""

@@ -305,13 +305,17 @@ class EmbeddingRequest(OpenAIBody):
 # -- responses -------------------------------------------------------------------------------
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
-    """OpenAI's ``usage`` object."""
-    return {
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` object, with modelhost's ``cost`` and ``currency`` when priced."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cost is not None:
+        body["cost"] = usage.cost
+        body["currency"] = usage.currency
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,5 +418,13 @@ def embedding_list(
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
+        "usage": _embedding_usage(usage),
     }
+
+
+def _embedding_usage(usage: Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}
+    if usage.cost is not None:
+        body["cost"] = usage.cost
+        body["currency"] = usage.currency
+    return body

@@ -23,11 +23,15 @@ class PredictRequest(BaseModel):
 
 
 class UsageBody(BaseModel):
-    """Token or item counts."""
+    """Token or item counts, and the call's cost when the version has pricing."""
 
     input_tokens: int
     output_tokens: int
     total_tokens: int
+    cost: float | None = Field(
+        default=None, description="Price of this call under the version's pricing."
+    )
+    currency: str | None = Field(default=None, description="Currency of ``cost``.")
 
 
 class PredictResponse(BaseModel):

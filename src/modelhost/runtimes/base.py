@@ -19,10 +19,13 @@ from modelhost.manifest import ModelManifest
 
 @dataclass(slots=True)
 class Usage:
-    """Token (or item) counts of one call."""
+    """Token (or item) counts of one call, and its price once the data plane priced it."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cost: float | None = None
+    """What the call cost under the version's pricing; None when it has none."""
+    currency: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -34,13 +37,17 @@ class Usage:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
 
-    def as_dict(self) -> dict[str, int]:
-        """The ``usage`` object of a response."""
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        """The ``usage`` object of a response (with ``cost`` and ``currency`` when priced)."""
+        body: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cost is not None:
+            body["cost"] = self.cost
+            body["currency"] = self.currency
+        return body
 
 
 @dataclass(slots=True)

@@ -135,6 +135,8 @@ def required_scope(method: str, path: str) -> Scope | None:
         return Scope.ADMIN
     if path.startswith(("/v1/jobs", "/v1/batch", "/v1/webhooks")):
         return Scope.JOBS
+    if path.startswith("/v1/provenance"):
+        return Scope.PROVENANCE
     if method == "POST" and path.startswith("/v1/models/") and path.endswith(("/load", "/unload")):
         return Scope.DEPLOY
     return Scope.PREDICT

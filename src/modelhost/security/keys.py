@@ -37,6 +37,7 @@ class Scope(StrEnum):
     JOBS = "jobs"  #: submit and read async jobs and batches
     MODELS_WRITE = "models:write"  #: push versions, change stages and aliases
     DEPLOY = "deploy"  #: load, unload, roll out
+    PROVENANCE = "provenance"  #: read the tenant's provenance records (payloads included), replay
     ADMIN = "admin"  #: everything, including keys, metrics and audit
 
 

@@ -36,17 +36,21 @@ _PERIODS: dict[str, type[RateLimitItem]] = {
 }
 
 
-def price_of(pricing: Pricing | None, usage: Usage, items: int) -> float:
-    """What a call costs under ``pricing`` (0 without a price list)."""
+def price_of(pricing: Pricing | None, usage: Usage, items: int, seconds: float = 0.0) -> float:
+    """What a call costs under ``pricing`` (0 without a price list): the unit price of its
+    tokens, items or the call, plus the per-request fee, plus ``seconds`` of compute at the
+    per-second price."""
     if pricing is None:
         return 0.0
     if pricing.unit == "1k_tokens":
-        return (usage.input_tokens * pricing.input + usage.output_tokens * pricing.output) / 1000
-    if pricing.unit == "1m_tokens":
-        return (usage.input_tokens * pricing.input + usage.output_tokens * pricing.output) / 1e6
-    if pricing.unit == "item":
-        return items * pricing.input
-    return pricing.input  # per request
+        cost = (usage.input_tokens * pricing.input + usage.output_tokens * pricing.output) / 1000
+    elif pricing.unit == "1m_tokens":
+        cost = (usage.input_tokens * pricing.input + usage.output_tokens * pricing.output) / 1e6
+    elif pricing.unit == "item":
+        cost = items * pricing.input
+    else:
+        cost = pricing.input  # per request
+    return cost + pricing.per_request + pricing.per_second * max(0.0, seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +185,10 @@ class RateLimiter:
         ):
             if amount and tokens:
                 await self._consume(self._item("minute", amount), key, tokens)
-        cost = price_of(info.manifest.pricing, usage, items)
+        # the data plane priced the call already (compute seconds included); else price it
+        cost = (
+            usage.cost if usage.cost is not None else price_of(info.manifest.pricing, usage, items)
+        )
         budget = self._budget(principal)
         if budget and cost > 0:
             micro = max(1, math.ceil(cost * _MICRO))

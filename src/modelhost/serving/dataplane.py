@@ -28,10 +28,12 @@ from modelhost.errors import (
     VersionNotFound,
 )
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
+from modelhost.monitoring.tracing import Tracer
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
 from modelhost.security.access import AccessControl
 from modelhost.security.keys import Principal
+from modelhost.security.ratelimit import price_of
 from modelhost.serving.batching import (
     AdaptiveBatcher,
     batching_enabled,
@@ -44,6 +46,9 @@ from modelhost.serving.models import Deployment, ModelManager, Validator
 from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 _DONE = object()
+#: Span attributes of the guards steps (constants: nothing is built per request).
+_INPUT_GUARDS = {"modelhost.guards": "input"}
+_OUTPUT_GUARDS = {"modelhost.guards": "output"}
 log = logging.getLogger("modelhost.serving")
 
 
@@ -176,8 +181,10 @@ class DataPlane:
         metrics: Metrics | None = None,
         access: AccessControl | None = None,
         observers: list[InferenceObserver] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.manager = manager
+        self.tracer = tracer if tracer is not None else Tracer()
         self.observers: list[InferenceObserver] = list(observers or [])
         self.access = access
         self.default_timeout_s = default_timeout_s
@@ -198,8 +205,9 @@ class DataPlane:
         self, info: VersionInfo, request: InferenceRequest
     ) -> tuple[Deployment, dict[str, Any]]:
         """Check that a resolved version serves, check limits and validate the inputs."""
-        dep = self.manager.ready_runtime(info)
-        parameters = self.validate(info, dep, request)
+        with self.tracer.span("validation"):
+            dep = self.manager.ready_runtime(info)
+            parameters = self.validate(info, dep, request)
         return dep, parameters
 
     def max_request_bytes(self, info: VersionInfo) -> int:
@@ -279,8 +287,12 @@ class DataPlane:
                 info = await self.manager.resolve(request.model, request.version)
             dep, parameters = self.admit(info, request)
             principal, inputs, guards = await self._secure(request, info)
+            tick = time.perf_counter()
             prediction = await self.predict(dep, inputs, parameters)
-            return await self._respond(request, dep, prediction, principal, guards, started)
+            compute = time.perf_counter() - tick
+            return await self._respond(
+                request, dep, prediction, principal, guards, started, compute
+            )
         except BaseException as exc:  # counted, then raised unchanged
             self._failed(request, info, exc, started)
             raise
@@ -293,10 +305,13 @@ class DataPlane:
         principal: Principal | None,
         guards: dict[str, Any],
         started: float,
+        compute: float = 0.0,
     ) -> InferenceResponse:
-        """Guard the results, charge the caller, count the answer, build the response."""
+        """Guard the results, price and charge the call (``compute``: seconds of its runtime
+        call), count the answer, build the response."""
         served = dep.info
         results = self._guard_results(served, prediction, guards)
+        self._price(served, prediction.usage, len(request.inputs), compute)
         await self._charge(principal, served, prediction.usage, len(request.inputs))
         self.metrics.deployment(served.model, served.version, request.protocol).answered(
             time.perf_counter() - started
@@ -304,7 +319,12 @@ class DataPlane:
         if self.observers:
             self._emit(
                 InferenceEvent.ended(
-                    request, served, started, results=results, usage=prediction.usage
+                    request,
+                    served,
+                    started,
+                    results=results,
+                    usage=prediction.usage,
+                    timings={"inference": compute},
                 )
             )
         return InferenceResponse(
@@ -318,6 +338,15 @@ class DataPlane:
         )
 
     async def infer_many(
+        self,
+        requests: list[InferenceRequest],
+        on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
+    ) -> list[InferenceResponse | Exception]:
+        """Run several requests (see :meth:`_infer_many`) in one ``jobs`` span."""
+        with self.tracer.span("jobs", {"modelhost.jobs": len(requests)}):
+            return await self._infer_many(requests, on_chunk)
+
+    async def _infer_many(
         self,
         requests: list[InferenceRequest],
         on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
@@ -341,6 +370,10 @@ class DataPlane:
 
         async def admit(index: int, request: InferenceRequest) -> None:
             info: VersionInfo | None = None
+            if request.queued_s is not None:
+                self.tracer.record(
+                    "queue", request.queued_s, {"modelhost.job_id": request.request_id}
+                )
             try:
                 info = await self.manager.resolve(request.model, request.version)
                 dep, parameters = self.admit(info, request)
@@ -363,7 +396,9 @@ class DataPlane:
             head = members[0]
             merged = [item for member in members for item in member.inputs]
             try:
+                tick = time.perf_counter()
                 prediction = await self.predict(head.dep, merged, head.parameters)
+                compute = time.perf_counter() - tick
                 parts = split_prediction(prediction, [len(m.inputs) for m in members])
             except Exception as exc:  # the merged call failed: every member fails with it
                 for member in members:
@@ -372,8 +407,15 @@ class DataPlane:
                 return
             for member, part in zip(members, parts, strict=True):
                 try:
+                    share = compute * len(member.inputs) / len(merged)
                     outcomes[member.index] = await self._respond(
-                        member.request, member.dep, part, member.principal, member.guards, started
+                        member.request,
+                        member.dep,
+                        part,
+                        member.principal,
+                        member.guards,
+                        started,
+                        share,
                     )
                 except Exception as exc:  # charging failed (a budget ran out meanwhile)
                     self._failed(member.request, member.dep.info, exc, started)
@@ -429,11 +471,13 @@ class DataPlane:
         access = self.access
         if access is None:
             return request.principal, request.inputs, {}
-        principal = await access.admit(request.principal, info)
+        with self.tracer.span("auth"):
+            principal = await access.admit(request.principal, info)
         if not access.needs_screening(info):
             return principal, request.inputs, {}
         inputs = request.inputs
-        screening = await self.run(lambda: access.screen(info, inputs), info)
+        with self.tracer.span("guards", _INPUT_GUARDS):
+            screening = await self.run(lambda: access.screen(info, inputs), info)
         return principal, screening.inputs, dict(screening.flags)
 
     def _guard_results(
@@ -441,10 +485,19 @@ class DataPlane:
     ) -> list[Any]:
         if self.access is None:
             return prediction.results
-        results, redactions = self.access.guard_results(info, prediction.results)
+        with self.tracer.span("guards", _OUTPUT_GUARDS):
+            results, redactions = self.access.guard_results(info, prediction.results)
         if redactions:
             guards["redactions"] = redactions
         return results
+
+    @staticmethod
+    def _price(info: VersionInfo, usage: Usage, items: int, seconds: float) -> None:
+        """Put the call's cost under the version's pricing into its usage (``usage.cost``)."""
+        pricing = info.manifest.pricing
+        if pricing is not None:
+            usage.cost = round(price_of(pricing, usage, items, seconds), 12)
+            usage.currency = pricing.currency
 
     async def _charge(
         self, principal: Principal | None, info: VersionInfo, usage: Usage, items: int
@@ -458,7 +511,8 @@ class DataPlane:
         """Run validated inputs on a ready deployment, through its batcher when it has one."""
         batcher = dep.batcher if dep.batcher is not None else self._attach_batcher(dep)
         if batcher is not None:
-            return await batcher.submit(inputs, parameters)
+            with self.tracer.span("batch"):
+                return await batcher.submit(inputs, parameters)
         runtime = dep.runtime
         assert runtime is not None  # ready_runtime returned a READY deployment
         observe = self.metrics.deployment(dep.info.model, dep.info.version).runtime_call
@@ -475,9 +529,10 @@ class DataPlane:
         loop: no thread hop, which costs about as much as such a model's own work, but also no
         timeout, and other requests wait while it runs. Everything else runs in the pool.
         """
-        if dep.info.manifest.options.get("inline") is True:
-            return fn()
-        return await self.run(fn, dep.info)
+        with self.tracer.span("inference"):
+            if dep.info.manifest.options.get("inline") is True:
+                return fn()
+            return await self.run(fn, dep.info)
 
     def _attach_batcher(self, dep: Deployment) -> AdaptiveBatcher | None:
         """Wrap a deployment's runtime in a batcher if its manifest asks for batching.
@@ -562,8 +617,11 @@ class DataPlane:
         usage: Usage | None = None
         pieces: list[str] = []
         finish: str | None = None
+        opened = time.perf_counter()
         try:
             async for chunk in chunks:
+                if chunk.usage is not None:  # priced before the transport sends it on
+                    self._price(info, chunk.usage, 1, time.perf_counter() - opened)
                 usage = chunk.usage or usage
                 pieces.append(chunk.text)
                 finish = chunk.finish_reason or finish
@@ -576,13 +634,21 @@ class DataPlane:
         self.metrics.deployment(info.model, info.version, request.protocol).answered(
             time.perf_counter() - started
         )
+        generating = time.perf_counter() - opened
+        self.tracer.record("inference", generating, {"modelhost.model": info.ref})
         if usage is not None:
             await self._charge(principal, info, usage, 1)
         if self.observers:
             result = {"text": "".join(pieces), "finish_reason": finish}
             self._emit(
                 InferenceEvent.ended(
-                    request, info, started, results=[result], usage=usage, streamed=True
+                    request,
+                    info,
+                    started,
+                    results=[result],
+                    usage=usage,
+                    streamed=True,
+                    timings={"inference": generating},
                 )
             )
 

@@ -40,8 +40,12 @@ class InferenceEvent:
     """The exception the caller got; None on success."""
     streamed: bool = False
     timings: dict[str, float] = field(default_factory=dict)
-    """Parts of ``duration_s`` in seconds, as known: ``inference`` (runtime call, batch wait
-    included)."""
+    """Parts of ``duration_s`` in seconds, as known: ``inference`` (the runtime call, batch
+    wait included) and ``batch_wait`` (time spent in an adaptive batch before its call) when
+    the data plane measured them. The job queue's wait is ``request.queued_s``."""
+    decisions: dict[str, Any] = field(default_factory=dict)
+    """What the request path decided on the way, for the record: ``cache`` (``hit`` /
+    ``miss``), ``route`` (canary, shadow, cascade step, ...), as the deciding layer sets them."""
 
     @classmethod
     def ended(

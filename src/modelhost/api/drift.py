@@ -1,0 +1,74 @@
+"""REST v1 drift routes: a version's drift scores, and supplying its reference data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelhost.api.auth import principal_of
+from modelhost.api.v1 import json_response, read_body
+from modelhost.errors import InvalidInput
+from modelhost.protocol.v1 import ErrorBody
+from modelhost.security.keys import Scope
+
+if TYPE_CHECKING:
+    from modelhost.monitoring.drift import DriftMonitor
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415)
+}
+#: Content types a reference upload may have.
+REFERENCE_MEDIA = (
+    "text/csv",
+    "application/csv",
+    "application/json",
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+)
+
+
+def build_router(monitor: DriftMonitor) -> APIRouter:
+    """The drift routes over ``monitor``."""
+    router = APIRouter(tags=["drift"])
+
+    @router.get(
+        "/v1/models/{model}/drift",
+        summary="Drift of a version's live inputs from its reference",
+        responses=_ERRORS,
+    )
+    async def get_drift(
+        model: str, version: str | None = None, detail: str | None = None
+    ) -> Response:
+        if detail not in (None, "", "histograms"):
+            raise InvalidInput("'detail' is 'histograms' or absent", param="detail")
+        name, _, pinned = model.partition("@")
+        info = await monitor.manager.resolve(name, version or pinned or None)
+        body = await monitor.describe(info, histograms=detail == "histograms")
+        return json_response(body, headers={"Cache-Control": "no-store"})
+
+    @router.put(
+        "/v1/models/{model}/versions/{version}/drift/reference",
+        summary="Supply a version's reference data (CSV, JSONL or JSON rows)",
+        responses=_ERRORS,
+    )
+    async def put_reference(model: str, version: str, request: Request) -> Response:
+        who = principal_of(request.scope)
+        who.require(Scope.MODELS_WRITE)
+        info = await monitor.manager.resolve(model, version)
+        body = await read_body(request, monitor.settings.max_reference_bytes, REFERENCE_MEDIA)
+        if not body.strip():
+            raise InvalidInput("the body is empty; send CSV, JSONL or JSON rows", param="body")
+        stored = await monitor.supply(info, body, request.headers.get("content-type"), actor=who.id)
+        return json_response(
+            {
+                "object": "drift_reference",
+                "model": info.model,
+                "version": info.version,
+                **stored.describe(),
+            }
+        )
+
+    return router
