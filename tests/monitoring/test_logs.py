@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from modelhost.config import TracingSettings
-from modelhost.monitoring.logs import REQUEST_ID, JsonFormatter, logging_config
+from modelhost.monitoring.logs import REQUEST_ID, JsonFormatter, LogFormat, logging_config
 from modelhost.monitoring.tracing import OtelTracer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -79,8 +79,10 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
 @pytest.mark.usefixtures("restore_logging")
-def test_the_config_sends_modelhost_and_uvicorn_lines_to_one_handler(log_format: str) -> None:
-    config = logging_config("info", log_format)  # type: ignore[arg-type]
+def test_the_config_sends_modelhost_and_uvicorn_lines_to_one_handler(
+    log_format: LogFormat,
+) -> None:
+    config = logging_config("info", log_format)
     config["handlers"]["modelhost"]["stream"] = stream = io.StringIO()
     logging.config.dictConfig(config)
     logging.getLogger("modelhost.tests").info("from modelhost")
