@@ -16,8 +16,12 @@ Two ways to share that core (``--mode``):
   after the other drifts by ±20 % from run to run. The figure to read is the ratio of server
   CPU per request (each server's own CPU time over its requests): the throughput one core
   sustains with recording on, against off.
-* ``sequential``: one server at a time, off and on alternating in ABBA order, each window on
-  a fresh process; the ratio of throughputs.
+* ``sequential``: one server at a time, off and on alternating in ABBA order; the ratio of
+  throughputs.
+
+Every round starts fresh processes: two identical servers side by side differ by up to ±3 %
+per process pair (memory layout, hash seeds), so a benchmark that kept one pair would carry
+that bias into every round.
 
     .venv/bin/python benchmarks/provenance.py [--mode side-by-side|sequential] [--rounds 6]
         [--seconds 10] [--concurrency 64]
@@ -217,28 +221,33 @@ def _print(run: Run) -> None:
 
 
 def _rounds(homes: dict[str, Path], keys: dict[str, str], args: argparse.Namespace) -> list[Run]:
+    """Fresh server processes every round (a process's own memory layout moves its speed by a
+    few per cent, so one long-lived pair would carry one fixed bias), started in alternating
+    order."""
     pin = _pin()
     runs: list[Run] = []
-    if args.mode == "side-by-side":
-        servers = [_start(homes[mode], mode, pin) for mode in ("off", "on")]
-        try:
-            for _ in range(args.rounds):
-                for run in asyncio.run(_measure(servers, keys, args)):
-                    runs.append(run)
-                    _print(run)
-            written, dropped = _recorder_counts(servers[1], keys["admin"])
-            print(f"recorder: {written:.0f} records written, {dropped:.0f} dropped")
-        finally:
-            for server in servers:
-                _stop(server)
-        return runs
     for index in range(args.rounds):
-        for mode in ("off", "on") if index % 2 == 0 else ("on", "off"):  # ABBA
-            server = _start(homes[mode], mode, pin)
+        order = ("off", "on") if index % 2 == 0 else ("on", "off")
+        if args.mode == "side-by-side":
+            servers = [_start(homes[mode], mode, pin) for mode in order]
             try:
-                run = asyncio.run(_measure([server], keys, args))[0]
+                measured = asyncio.run(_measure(servers, keys, args))
+                if index == args.rounds - 1:
+                    on = next(s for s in servers if s.mode == "on")
+                    written, dropped = _recorder_counts(on, keys["admin"])
+                    print(f"recorder, last round: {written:.0f} written, {dropped:.0f} dropped")
             finally:
-                _stop(server)
+                for server in servers:
+                    _stop(server)
+        else:
+            measured = []
+            for mode in order:
+                server = _start(homes[mode], mode, pin)
+                try:
+                    measured += asyncio.run(_measure([server], keys, args))
+                finally:
+                    _stop(server)
+        for run in measured:
             runs.append(run)
             _print(run)
     return runs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -35,8 +36,10 @@ def settings(**overrides: float) -> ProvenanceSettings:
 
 
 @pytest.fixture
-def store(engine: Engine) -> ProvenanceStore:
-    return ProvenanceStore(engine)
+def store(engine: Engine) -> Iterator[ProvenanceStore]:
+    built = ProvenanceStore(engine)
+    yield built
+    built.close()
 
 
 @pytest.mark.asyncio
@@ -124,6 +127,7 @@ async def test_a_refused_batch_is_kept_for_the_next_flush(
     await recorder.flush()
     assert fresh.count(Query()) == 1
     assert recorder.stats.written == 1
+    fresh.close()
 
 
 @pytest.mark.asyncio
@@ -137,7 +141,7 @@ async def test_a_batch_refused_three_times_is_counted_lost(
     for _ in range(3):
         await recorder.flush()
     assert (recorder.stats.failed, recorder.stats.buffered) == (1, 0)
-    ProvenanceStore(engine)
+    ProvenanceStore(engine).close()  # the table again, for the fixture's teardown
 
 
 @pytest.mark.asyncio

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from modelhost.app import Services, build_services, close_services
+from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import Settings
 from modelhost.errors import Conflict, Forbidden, VersionNotFound
 from modelhost.provenance import ProvenanceComponent, Query, Window, compare
@@ -66,6 +66,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     await built.manager.refresh(load=True)
     await built.manager.wait_loaded()
     yield built
+    await stop_components(built)
     await close_services(built)
 
 

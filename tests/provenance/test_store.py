@@ -3,6 +3,7 @@ tenants, replays and the retention purge."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,12 +80,14 @@ def row(
 
 
 @pytest.fixture
-def store(engine: Engine) -> ProvenanceStore:
-    return ProvenanceStore(engine)
+def store(engine: Engine) -> Iterator[ProvenanceStore]:
+    built = ProvenanceStore(engine)
+    yield built
+    built.close()
 
 
 def test_the_table_has_the_columns_rows_are_built_in(engine: Engine) -> None:
-    ProvenanceStore(engine)
+    ProvenanceStore(engine).close()
     assert tuple(column["name"] for column in inspect(engine).get_columns("mh_provenance")) == (
         COLUMNS
     )

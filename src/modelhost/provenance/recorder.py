@@ -133,6 +133,7 @@ class Recorder(InferenceObserver):
         self._tasks = []
         await self.flush()
         self._writer.shutdown(wait=True)
+        self.store.close()
 
     async def flush(self) -> None:
         """Write everything buffered now (and batches waiting for another attempt)."""
