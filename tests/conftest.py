@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy.engine import Engine
 from tritonclient._plugin import InferenceServerClientPlugin
 
-from modelhost.registry import make_engine
+from modelhost.registry import ArtifactStore, Registry, Stage, make_engine
 from modelhost.registry.db import Base
 from modelhost.security.keys import KeyStore, NewKey
 
@@ -104,11 +104,13 @@ def modelhost_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real ``modelhost`` command."""
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``modelhost`` command (``env`` adds environment variables)."""
     return subprocess.run(
         [sys.executable, "-m", "modelhost.cli", *args],
-        env=modelhost_env(home),
+        env={**modelhost_env(home), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -275,12 +277,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     test models (echo, slow, broken) pushed through the CLI before it starts."""
     home = tmp_path_factory.mktemp("home")
     models = tmp_path_factory.mktemp("models")
-    for directory in (
-        write_python_model(models, "echo"),
-        write_python_model(models, "broken", cls="Broken"),
-    ):
-        result = run_cli(home, "models", "push", str(directory), "--stage", "production")
-        assert result.returncode == 0, result.stderr
+    result = run_cli(
+        home, "models", "push", str(write_python_model(models, "echo")), "--stage", "production"
+    )
+    assert result.returncode == 0, result.stderr
+    # A version whose files broke after it reached production: the gates (rightly) refuse to
+    # promote a version that cannot load, so it is put there by the registry's own stage move.
+    broken = write_python_model(models, "broken", cls="Broken")
+    refused = run_cli(home, "models", "push", str(broken), "--stage", "production", "--force")
+    assert refused.returncode == 1
+    assert "does not load" in refused.stderr or "failed to load" in refused.stderr, refused.stderr
+    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
+    Registry(engine, ArtifactStore(home / "artifacts")).set_stage(
+        "broken", "1.0.0", Stage.PRODUCTION, actor="tests"
+    )
+    engine.dispose()
     started = start_server(home, home / "server.log")
     yield started
     stop_server(started)

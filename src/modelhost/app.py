@@ -8,12 +8,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
 from modelhost import __version__
 from modelhost.api import batch as batch_api
+from modelhost.api import deployments as deployments_api
 from modelhost.api import errors as api_errors
 from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
@@ -32,6 +34,7 @@ from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_master_secret
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.monitoring.drift import build_drift
+from modelhost.monitoring.feedback import FeedbackStore, build_feedback
 from modelhost.monitoring.metrics import Metrics
 from modelhost.monitoring.tracing import Tracer, build_tracer
 from modelhost.monitoring.usage import build_usage
@@ -45,6 +48,11 @@ from modelhost.security.keys import KeyStore, NewKey, Scope
 from modelhost.security.ratelimit import LimitDefaults, RateLimiter
 from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import ModelManager, ModelState
+from modelhost.serving.promotion import Promoter
+from modelhost.serving.rollout_stats import RolloutStatsStore
+from modelhost.serving.rollouts import build_rollouts
+from modelhost.serving.shadow import build_shadow
+from modelhost.serving.shadow_stats import ShadowStore
 
 if TYPE_CHECKING:
     import grpc
@@ -67,6 +75,8 @@ class Services:
     jobs: QueueBackend
     worker: Worker
     bus: TokenBus
+    promoter: Promoter
+    feedback: FeedbackStore
     components: list[Component] = field(default_factory=list)
     """Provenance, drift, usage: built by :func:`build_components` once the rest exists."""
 
@@ -192,7 +202,12 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
     ``settings.tracing`` describes (tests pass one with an in-memory exporter)."""
     registry = build_registry(settings)
     threads = settings.inference.threads
-    manager = ModelManager(registry, threads=threads)
+    manager = ModelManager(
+        registry,
+        threads=threads,
+        keep_warm=settings.rollouts.keep_warm,
+        drain_timeout_s=settings.rollouts.drain_timeout_s,
+    )
     metrics = Metrics()
     metrics.watch_model_versions(manager.state_counts)
     metrics.watch_model_states(
@@ -223,6 +238,8 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         jobs=jobs,
         worker=worker,
         bus=bus,
+        promoter=Promoter(registry, plane),
+        feedback=FeedbackStore(registry.engine),
     )
     build_components(services)
     return services
@@ -230,10 +247,14 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
 
 def build_components(services: Services) -> None:
     """Build the subsystems that hang off the data plane and hand the plane their observers."""
+    provenance = build_provenance(services)
     services.components = [
-        build_provenance(services),
+        provenance,
         build_drift(services),
         build_usage(services),
+        build_feedback(services, provenance),
+        build_rollouts(services),
+        build_shadow(services),
     ]
     for component in services.components:
         services.plane.observers.extend(component.observers())
@@ -374,6 +395,24 @@ async def run_worker(settings: Settings) -> None:
     log.info("modelhost worker stopped")
 
 
+def _live_stats(store: RolloutStatsStore) -> deployments_api.LiveStats:
+    """The status's live numbers of one version: every replica's, from the guards' table."""
+
+    def window(model: str, version: str, since: datetime) -> dict[str, Any]:
+        return store.window(model, version, since).as_dict()
+
+    return window
+
+
+def _shadow_reports(store: ShadowStore) -> deployments_api.ShadowReports:
+    """The status's shadow reports of one model: every replica's."""
+
+    def reports(model: str, since: datetime) -> list[dict[str, Any]]:
+        return [report.as_dict() for report in store.report(model, since.timestamp())]
+
+    return reports
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI application and everything it serves."""
     settings = settings or Settings()
@@ -426,6 +465,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.include_router(batch_api.build_router(services.jobs, services.worker, settings.jobs))
+    app.include_router(
+        deployments_api.build_router(
+            services.registry,
+            services.promoter,
+            audit=services.keys.audit,
+            live_stats=_live_stats(RolloutStatsStore(services.registry.engine)),
+            shadow_reports=_shadow_reports(
+                ShadowStore(services.registry.engine, examples=settings.rollouts.shadow_examples)
+            ),
+            feedback=services.feedback.summary,
+        )
+    )
     app.include_router(webhooks_api.build_router(webhook_master_secret(settings)))
     for component in services.components:
         for router in component.routers():

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelhost import cli_drift, cli_provenance, cli_usage
+from modelhost import cli_deploy, cli_drift, cli_provenance, cli_usage
 from modelhost.cli_jobs import batch_app, jobs_app
 from modelhost.config import HttpServer, Settings
 from modelhost.errors import MissingDependencyError, ModelhostError
 from modelhost.registry import Registry, Stage
+
+if TYPE_CHECKING:
+    from modelhost.serving.promotion import PromotionReport
 
 app = typer.Typer(
     help="modelhost: models as a production service.",
@@ -31,7 +35,7 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(batch_app, name="batch")
-for _module in (cli_provenance, cli_drift, cli_usage):
+for _module in (cli_provenance, cli_drift, cli_usage, cli_deploy):
     _module.register(app)
 out = Console()
 err = Console(stderr=True)
@@ -193,20 +197,57 @@ def demo_cmd(
     out.print(f"built: {', '.join(built) or 'nothing (already registered)'}")
 
 
+async def _promote_here(model: str, version: str, *, force: bool) -> PromotionReport:
+    """Promote through the gates in this process: the version is loaded here, its golden set
+    evaluated on it and its schemas compared with production's, as a server would."""
+    from modelhost.app import build_services, close_services
+
+    services = build_services(Settings())
+    try:
+        await services.manager.refresh(load=False)
+        return await services.promoter.promote(model, version, actor=_actor(), force=force)
+    finally:
+        await close_services(services)
+
+
+def _promoted(report: PromotionReport) -> None:
+    ref = f"{report.model}@{report.version}"
+    if not report.changed:
+        out.print(f"{ref} is production already", highlight=False)
+        return
+    out.print(
+        f"{ref} is now production (was {report.previous or 'none'}); gates passed"
+        if not report.forced
+        else f"{ref} is now production (was {report.previous or 'none'}); FORCED past: "
+        + ", ".join(report.skipped),
+        highlight=False,
+    )
+
+
+Force = Annotated[
+    bool, typer.Option(help="Promote even if a gate fails (audited; says what it skipped).")
+]
+
+
 @models_app.command("push")
 def push(
     directory: Annotated[Path, typer.Argument(help="Version directory with modelhost.yaml.")],
     stage: Annotated[Stage, typer.Option(help="Stage to register in.")] = Stage.STAGING,
+    force: Force = False,
 ) -> None:
-    """Validate a model version directory, store its files by sha256 and register it."""
+    """Validate a model version directory, store its files by sha256 and register it
+    (``--stage production`` promotes it through the gates)."""
     if not directory.is_dir():
         raise _fail(f"{directory} is not a directory")
-    info = _registry().push(directory, actor=_actor(), stage=stage)
+    gated = stage is Stage.PRODUCTION
+    info = _registry().push(directory, actor=_actor(), stage=Stage.STAGING if gated else stage)
     out.print(
         f"registered {info.ref} ({info.runtime}, {info.stage.value}, "
         f"{len(info.files)} files, {info.size_bytes} bytes)",
         highlight=False,
     )
+    if gated:
+        _promoted(asyncio.run(_promote_here(info.model, info.version, force=force)))
 
 
 @models_app.command("list")
@@ -268,8 +309,13 @@ def promote(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version to promote.")],
     stage: Annotated[Stage, typer.Option(help="Target stage.")] = Stage.PRODUCTION,
+    force: Force = False,
 ) -> None:
-    """Move a version to a stage (production by default; the old production is archived)."""
+    """Move a version to a stage. Production (the default) goes through the promotion gates,
+    run here on the loaded version (docs/rollouts.md); the old production is archived."""
+    if stage is Stage.PRODUCTION:
+        _promoted(asyncio.run(_promote_here(model, version, force=force)))
+        return
     info = _registry().set_stage(model, version, stage, actor=_actor())
     out.print(f"{info.ref} is now {info.stage.value}", highlight=False)
 
@@ -358,7 +404,9 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="The principal's tenant.")] = "default",
     scope: Annotated[
         list[str] | None,
-        typer.Option(help="predict, jobs, models:write, deploy or admin; repeat for more."),
+        typer.Option(
+            help="predict, jobs, models:write, deploy, provenance or admin; repeat for more."
+        ),
     ] = None,
     expires_days: Annotated[float | None, typer.Option(help="Expire after N days.")] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,

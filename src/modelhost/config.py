@@ -58,8 +58,10 @@ class InferenceSettings(BaseModel):
     """Largest request body when the manifest sets none."""
     load_on_start: bool = True
     """Load every staging and production version when the server starts."""
-    refresh_interval_s: float = 2.0
-    """How often a server re-reads the registry to pick up pushes, promotions and aliases."""
+    refresh_interval_s: float = Field(default=0.5, gt=0)
+    """How often a server re-reads the registry (one indexed ``max(id)`` query when nothing
+    changed) to pick up pushes, promotions, aliases and deployment changes made through any
+    replica; a change is in force everywhere within this plus a load."""
 
 
 class AuthSettings(BaseModel):
@@ -240,6 +242,39 @@ class ProvenanceSettings(BaseModel):
     hashes."""
 
 
+class RolloutSettings(BaseModel):
+    """Canary, shadow and blue-green rollouts, their guards and promotion gates
+    (docs/rollouts.md)."""
+
+    keep_warm: int = Field(default=1, ge=0, le=5)
+    """Former production versions kept loaded on every replica, so a rollback switches at
+    once; the others (up to five are remembered) load on rollback, before the switch."""
+    check_interval_s: float = Field(default=1.0, gt=0)
+    """How often each replica evaluates the guards and ramps of running canaries."""
+    stats_flush_s: float = Field(default=1.0, gt=0)
+    """How often each replica adds its per-version request counts and latencies to the
+    shared rollout statistics the guards read (so they count traffic from every replica)."""
+    stats_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    """Seconds rollout statistics are kept."""
+    shadow_queue: int = Field(default=256, ge=1)
+    """Copied requests waiting for their shadows; beyond it copies are dropped and counted,
+    never waited for: a shadow never slows a caller."""
+    shadow_share: float = Field(default=0.005, gt=0, le=1)
+    """Most share of a replica's wall time shadow calls may take (each call's duration is
+    paid back before the next starts), and they wait for the event loop to be idle: a shadow
+    shares the replica's CPU, so it runs on a sample of copies rather than slow callers."""
+    shadow_workers: int = Field(default=1, ge=1, le=8)
+    """Threads running shadow calls (apart from the inference threads callers wait on)."""
+    shadow_examples: int = Field(default=20, ge=0)
+    """Disagreements kept per shadow version, shown by ``deploy status``."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """Most seconds an unload waits for the requests running on a version it takes away."""
+    alert_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """Where ``rollout.rollback`` (and other rollout) webhooks go; none: logged only."""
+    alert_tenant: str = "system"
+    """Whose webhook secret signs rollout alerts (``GET /v1/webhooks/secret`` of that tenant)."""
+
+
 class Settings(BaseSettings):
     """Every setting of modelhost; one nested model per subsystem."""
 
@@ -269,6 +304,8 @@ class Settings(BaseSettings):
     """Provenance records and their retention."""
     drift: DriftSettings = Field(default_factory=DriftSettings)
     """Drift monitoring."""
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
+    """Canary, shadow and blue-green rollouts."""
     redis_url: str | None = None
     """Redis for rate-limit counters shared by every replica; memory when none."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)

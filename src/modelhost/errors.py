@@ -26,6 +26,7 @@ business.
     │   └── ManifestError
     ├── RegistryError
     │   ├── Conflict                  the version exists already, or a stage change is illegal
+    │   │   └── GateRefused           a promotion gate failed (golden set, schema compatibility)
     │   └── ArtifactIntegrityError    a stored file no longer matches its sha256
     ├── RuntimeFailure                a runtime failed while loading or predicting
     └── MissingDependencyError        an optional extra is not installed (names the extra)
@@ -139,6 +140,15 @@ class RegistryError(ModelhostError):
 
 class Conflict(RegistryError):
     """The change conflicts with what is registered (duplicate version, illegal stage)."""
+
+
+class GateRefused(Conflict):
+    """A version may not reach production: a promotion gate failed. ``report`` holds every
+    gate's outcome (JSON-ready) for the caller to read."""
+
+    def __init__(self, message: str, *, report: dict[str, object], param: str | None = None):
+        super().__init__(message, param=param)
+        self.report = report
 
 
 class ArtifactIntegrityError(RegistryError):

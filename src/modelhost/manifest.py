@@ -183,6 +183,79 @@ class MonitoringConfig(BaseModel):
     """URL POSTed the evidence (signed, event ``drift.retrain``) when drift is detected."""
 
 
+class GoldenThresholds(BaseModel):
+    """What a golden set must achieve for its version to reach production; every threshold
+    set must hold (at least one must be set)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accuracy: float | None = Field(default=None, ge=0, le=1)
+    """Least share of golden items whose result ``field`` equals the expected value exactly
+    (an item the model failed on counts as wrong)."""
+    mae: float | None = Field(default=None, ge=0)
+    """Largest mean absolute error between numeric results and expected numbers."""
+    rmse: float | None = Field(default=None, ge=0)
+    """Largest root mean squared error between numeric results and expected numbers."""
+
+    def named(self) -> dict[str, float]:
+        """The thresholds that are set, by metric."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class GoldenGate(BaseModel):
+    """A golden set: inputs with known answers that the server runs on the loaded candidate
+    before it may become production.
+
+    The file is JSON Lines, one ``{"input": <one item of inputs>, "expected": <answer>}`` per
+    line. ``expected`` is the value of the result's ``field`` (``"setosa"``), or an object
+    holding it (``{"label": "setosa"}``). A golden set registered through ``PUT
+    /v1/models/{model}/versions/{version}/golden`` replaces the shipped one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str | None = None
+    """Artifact key or path, relative to the version directory, of the JSONL file; None when
+    the golden set is registered through the API instead."""
+    field: str | None = "label"
+    """The result field compared with ``expected`` (results that are not objects are
+    compared whole); None compares whole results."""
+    thresholds: GoldenThresholds
+    """What the evaluation must achieve."""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """Request parameters the golden inputs run with (over the manifest's defaults)."""
+    batch_size: int = Field(default=32, gt=0, le=1024)
+    """Golden items per runtime call (capped at ``limits.max_batch_items``)."""
+    examples: int = Field(default=5, ge=0, le=100)
+    """Wrong answers shown in the gate's report."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _some_threshold(cls, value: GoldenThresholds) -> GoldenThresholds:
+        if not value.named():
+            raise ValueError("set at least one of accuracy, mae, rmse")
+        return value
+
+
+class Gates(BaseModel):
+    """Promotion gates: what a version must pass before ``promote`` makes it production
+    (``--force`` overrides a failed gate, and the override is written to the deployment
+    history)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    golden: GoldenGate | None = None
+    """The golden set and its thresholds; None: no golden set is shipped (one may still be
+    registered through the API)."""
+    compatibility: bool = True
+    """Refuse input or output schema changes that break callers of the current production
+    version unless the MAJOR version grows (see ``modelhost.registry.compat``)."""
+    warmup: list[Any] = Field(default_factory=list, max_length=64)
+    """Inputs run once on the loaded candidate before the switch, so its first live requests
+    do not pay for lazy initialisation; empty: the golden set's first input, else the input
+    schema's ``examples``."""
+
+
 class ModelManifest(BaseModel):
     """One model version as declared in its ``modelhost.yaml``."""
 
@@ -215,6 +288,8 @@ class ModelManifest(BaseModel):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     """Input and output guards: prompt-injection policy, fencing, PII redaction, blocked content."""
+    gates: Gates = Field(default_factory=Gates)
+    """Promotion gates: golden set, schema compatibility, warm-up inputs."""
     supported_languages: list[str] = Field(default_factory=list)
     max_tokens: int | None = Field(default=None, gt=0)
     """Context window of a language model, shown in metadata."""
@@ -315,6 +390,15 @@ def load_manifest(directory: Path) -> ModelManifest:
             raise ManifestError(
                 f"{path}: field 'artifacts.{key}' names {rel!r}, which is not in {directory}",
                 param=f"artifacts.{key}",
+            )
+    golden = manifest.gates.golden
+    if golden is not None and golden.file is not None:
+        rel = manifest.artifacts.get(golden.file, golden.file)
+        if not (directory / rel).is_file():
+            raise ManifestError(
+                f"{path}: field 'gates.golden.file' names {rel!r}, which is not a file in "
+                f"{directory}",
+                param="gates.golden.file",
             )
     evaluation = directory / EVALUATION_FILE
     if not manifest.evaluation and evaluation.is_file():

@@ -20,6 +20,7 @@ from modelhost.errors import (
     ConfigError,
     Conflict,
     Forbidden,
+    GateRefused,
     InferenceTimeout,
     InvalidInput,
     ModelhostError,
@@ -48,6 +49,7 @@ _STATUS: dict[type[ModelhostError], tuple[int, str]] = {
     ModelNotReady: (503, "model_not_ready"),
     InferenceTimeout: (504, "timeout_error"),
     ServiceError: (503, "service_unavailable"),
+    GateRefused: (409, "gate_refused"),
     Conflict: (409, "conflict_error"),
     ConfigError: (400, "invalid_request_error"),
     RegistryError: (500, "server_error"),
@@ -71,18 +73,27 @@ def request_id(request: Request) -> str:
 
 
 def error_body(
-    status: int, kind: str, message: str, *, param: str | None, rid: str, code: str | None = None
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    param: str | None,
+    rid: str,
+    code: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    """A JSON error response."""
-    body = {
-        "error": {
-            "type": kind,
-            "message": message,
-            "param": param,
-            "code": code or kind,
-            "request_id": rid,
-        }
+    """A JSON error response (``extra`` adds fields to the error object, such as the
+    ``report`` of a refused promotion)."""
+    error: dict[str, Any] = {
+        "type": kind,
+        "message": message,
+        "param": param,
+        "code": code or kind,
+        "request_id": rid,
     }
+    if extra:
+        error.update(extra)
+    body = {"error": error}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
@@ -97,7 +108,8 @@ def status_for(exc: ModelhostError) -> tuple[int, str]:
 def modelhost_response(exc: ModelhostError, rid: str) -> Response:
     """The HTTP response of a modelhost error, with Retry-After where it applies."""
     status, kind = status_for(exc)
-    response = error_body(status, kind, exc.message, param=exc.param, rid=rid)
+    extra = {"report": exc.report} if isinstance(exc, GateRefused) else None
+    response = error_body(status, kind, exc.message, param=exc.param, rid=rid, extra=extra)
     retry = getattr(exc, "retry_after", None)
     if retry is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry)))

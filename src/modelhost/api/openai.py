@@ -41,6 +41,7 @@ from modelhost.protocol.v1 import ErrorBody
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import StreamChunk, Usage
 from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
+from modelhost.serving.router import SESSION_HEADER
 
 log = logging.getLogger("modelhost.api.openai")
 
@@ -217,9 +218,9 @@ class OpenAIRoutes:
         size: int,
         accepts: tuple[Task, RuntimeKind],
     ) -> tuple[InferenceRequest, VersionInfo]:
-        """Resolve ``model`` (``X-Model-Version`` and ``name@version`` honoured) and check it
-        serves this route; the version is pinned so that the data plane runs what was checked.
-        """
+        """Route ``model`` (``X-Model-Version`` and ``name@version`` pin; otherwise the
+        deployment's split) and check the chosen version serves this route; the route stays on
+        the request, so the data plane runs what was checked."""
         ireq = InferenceRequest.for_reference(
             body.model,
             version=version_header(body.model, request),
@@ -227,10 +228,10 @@ class OpenAIRoutes:
             body_bytes=size,
             protocol="openai",
             principal=principal_of(request.scope),
+            session=request.headers.get(SESSION_HEADER),
         )
-        info = await self.plane.manager.resolve(ireq.model, ireq.version)
+        info = (await self.plane.route(ireq)).info
         _check_serves(info, accepts, request.url.path)
-        ireq.version = info.version
         return ireq, info
 
     async def _infer(self, ireq: InferenceRequest, rename: Rename) -> InferenceResponse:

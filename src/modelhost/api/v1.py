@@ -20,6 +20,7 @@ from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.security.keys import Auditor, Principal
 from modelhost.serving.dataplane import DataPlane, InferenceRequest
 from modelhost.serving.models import Deployment, ModelManager
+from modelhost.serving.router import SESSION_HEADER
 
 _JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -284,15 +285,16 @@ def build_router(
             request_id=request_id(request),
             protocol="v1",
             principal=principal_of(request.scope),
+            session=request.headers.get(SESSION_HEADER),
         )
-        info = await manager.resolve(ireq.model, ireq.version)
-        body = await read_body(request, plane.max_request_bytes(info))
+        route = await plane.route(ireq)
+        body = await read_body(request, plane.max_request_bytes(route.info))
         payload = parse_json(body)
         if isinstance(payload, dict) and wants_async(payload):
             return await submit_async(submit_job, payload, model, version, request)
         ireq.inputs, ireq.parameters = parse_envelope(payload)
-        ireq.version, ireq.body_bytes = info.version, len(body)
-        response = await plane.infer(ireq, info)
+        ireq.body_bytes = len(body)
+        response = await plane.infer(ireq)
         return json_response(response.as_v1(), headers={"X-Model-Version": response.version})
 
     router.add_api_route(

@@ -50,8 +50,9 @@ from modelhost.protocol.v2 import (
     tensor_values,
     to_inference_request,
 )
-from modelhost.serving.dataplane import DataPlane
+from modelhost.serving.dataplane import DataPlane, InferenceRequest
 from modelhost.serving.models import ModelState
+from modelhost.serving.router import SESSION_HEADER
 
 _JSON = "application/json"
 _HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -266,12 +267,20 @@ class _Endpoints:
 
     async def infer(self, model: str, version: str | None, request: Request) -> Response:
         """Decode, run through the data plane, encode (JSON or binary tensor data)."""
-        info = await self.manager.resolve(model, version)
+        rid, principal = request_id(request), principal_of(request.scope)
+        route = await self.plane.route(
+            InferenceRequest(
+                model=model,
+                version=version,
+                request_id=rid,
+                principal=principal,
+                session=request.headers.get(SESSION_HEADER),
+            )
+        )
+        info = route.info
         body = await read_body(request, self.plane.max_request_bytes(info), V2_MEDIA)
         v2 = parse_rest_request(body, request.headers.get(_HEADER_LENGTH))
-        ireq = to_inference_request(
-            v2, info, request_id(request), "v2", principal_of(request.scope)
-        )
+        ireq = to_inference_request(v2, route, rid, "v2", principal)
         answer = await self.plane.infer(ireq)
         content, header_length = encode_rest_response(from_inference_response(answer, info, v2), v2)
         if header_length is None:

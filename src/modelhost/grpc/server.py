@@ -52,12 +52,12 @@ from modelhost.protocol.v2 import (
     tensor_from_values,
     to_inference_request,
 )
-from modelhost.registry import VersionInfo
 from modelhost.security.auth import Authenticator, bearer
 from modelhost.security.guards import ContentBlocked
 from modelhost.security.keys import ANONYMOUS, Principal, Scope
-from modelhost.serving.dataplane import DataPlane, new_id
+from modelhost.serving.dataplane import DataPlane, InferenceRequest, new_id
 from modelhost.serving.models import ModelState
+from modelhost.serving.router import Route
 
 try:
     import grpc
@@ -308,9 +308,18 @@ class InferenceServicer:
             outputs=[tensor(**spec) for spec in meta["outputs"]],
         )
 
-    async def _decode(self, request: pb.ModelInferRequest) -> tuple[VersionInfo, V2Request]:
-        info = await self.manager.resolve(request.model_name, request.model_version or None)
-        return info, decode_request(request)
+    async def _decode(
+        self, request: pb.ModelInferRequest, principal: Principal, rid: str
+    ) -> tuple[Route, V2Request]:
+        route = await self.plane.route(
+            InferenceRequest(
+                model=request.model_name,
+                version=request.model_version or None,
+                request_id=rid,
+                principal=principal,
+            )
+        )
+        return route, decode_request(request)
 
     @_translated
     async def ModelInfer(  # noqa: N802
@@ -318,11 +327,10 @@ class InferenceServicer:
     ) -> pb.ModelInferResponse:
         """One inference through the data plane."""
         principal = await self._principal(context)
-        info, v2 = await self._decode(request)
-        answer = await self.plane.infer(
-            to_inference_request(v2, info, new_id("grpc"), "grpc", principal)
-        )
-        return encode_response(from_inference_response(answer, info, v2))
+        rid = new_id("grpc")
+        route, v2 = await self._decode(request, principal, rid)
+        answer = await self.plane.infer(to_inference_request(v2, route, rid, "grpc", principal))
+        return encode_response(from_inference_response(answer, route.info, v2))
 
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -340,15 +348,14 @@ class InferenceServicer:
         self, request: pb.ModelInferRequest, principal: Principal
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         try:
-            info, v2 = await self._decode(request)
-            if kind_of(info.manifest) is Kind.GENERATION:
-                async for response in self._generate(info, v2, principal):
+            rid = new_id("grpc")
+            route, v2 = await self._decode(request, principal, rid)
+            if kind_of(route.info.manifest) is Kind.GENERATION:
+                async for response in self._generate(route, v2, principal):
                     yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
                 return
-            answer = await self.plane.infer(
-                to_inference_request(v2, info, new_id("grpc"), "grpc", principal)
-            )
-            response = from_inference_response(answer, info, v2)
+            answer = await self.plane.infer(to_inference_request(v2, route, rid, "grpc", principal))
+            response = from_inference_response(answer, route.info, v2)
             yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
         except ModelhostError as exc:
             yield pb.ModelStreamInferResponse(error_message=exc.message)
@@ -357,10 +364,11 @@ class InferenceServicer:
             yield pb.ModelStreamInferResponse(error_message="internal error; see the server log")
 
     async def _generate(
-        self, info: VersionInfo, v2: V2Request, principal: Principal
+        self, route: Route, v2: V2Request, principal: Principal
     ) -> AsyncIterator[V2Response]:
         response_id = new_id("gen")
-        request = to_inference_request(v2, info, response_id, "grpc", principal)
+        info = route.info
+        request = to_inference_request(v2, route, response_id, "grpc", principal)
         if len(request.inputs) != 1:
             raise InvalidInput(
                 f"a streamed generation takes one prompt; text_input holds {len(request.inputs)}",

@@ -1,10 +1,10 @@
 """Acting on drift: signed webhooks (``drift.alert``, ``drift.resolved``) and retraining hooks.
 
-A webhook is signed like a job callback (``modelhost.jobs.webhooks``): the secret of the
-tenant ``drift.alert_tenant``, over ``<timestamp>.<body>``, in ``X-Modelhost-Signature``; the
-URL passes the same SSRF guard (``jobs.webhook_allow`` lifts it for named networks and hosts),
-checked on the addresses actually connected to. Each attempt is logged and recorded on the
-alert; a failed one is retried with backoff up to ``drift.alert_max_attempts``.
+A webhook is delivered by :class:`~modelhost.monitoring.alerts.SignedWebhooks`, as rollout
+alerts are: signed like a job callback with the secret of the tenant ``drift.alert_tenant``,
+through the callbacks' SSRF guard (``jobs.webhook_allow`` lifts it for named networks and
+hosts), retried with backoff up to ``drift.alert_max_attempts``. Each attempt is recorded on
+the alert.
 
 A retraining hook is a command (run without a shell, the evidence JSON on its standard input,
 killed after ``drift.retrain_timeout_s``) or a URL POSTed the evidence as event
@@ -18,27 +18,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 
-from modelhost import __version__
 from modelhost.config import Settings
-from modelhost.errors import InvalidInput
-from modelhost.jobs.base import Backoff
-from modelhost.jobs.webhooks import (
-    DELIVERY_HEADER,
-    EVENT_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    CallbackPolicy,
-    sign,
-    tenant_secret,
-    webhook_master_secret,
-)
+from modelhost.jobs.webhooks import webhook_master_secret
 from modelhost.manifest import MonitoringConfig
+from modelhost.monitoring.alerts import SignedWebhooks, WebhookOptions, now_iso
 from modelhost.monitoring.drift_store import DriftStore
 
 log = logging.getLogger("modelhost.drift")
@@ -84,19 +71,20 @@ class AlertOptions:
             retrain_timeout=drift.retrain_timeout_s,
         )
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    def webhook(self) -> WebhookOptions:
+        """The signing, guard and retry part, for :class:`SignedWebhooks`."""
+        return WebhookOptions(
+            master_secret=self.master_secret,
+            tenant=self.tenant,
+            allow=self.allow,
+            max_attempts=self.max_attempts,
+            retry_base=self.retry_base,
+            timeout=self.timeout,
+        )
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc or type(exc).__name__}"[:500]
-
-
-def envelope(event: str, evidence: dict[str, Any]) -> bytes:
-    """The JSON body of a drift webhook: ``{"type", "created_at", "data"}`` like job
-    callbacks; the same bytes on every attempt."""
-    return orjson.dumps({"type": event, "created_at": _now(), "data": evidence})
 
 
 class AlertSender:
@@ -105,8 +93,7 @@ class AlertSender:
     def __init__(self, options: AlertOptions, store: DriftStore) -> None:
         self.options = options
         self.store = store
-        self.policy = CallbackPolicy(options.allow)
-        self._secret = tenant_secret(options.master_secret, options.tenant)
+        self.webhooks = SignedWebhooks(options.webhook())
 
     async def send(
         self, alert_id: str, event: str, evidence: dict[str, Any], config: MonitoringConfig
@@ -135,92 +122,21 @@ class AlertSender:
     async def _deliver(
         self, alert_id: str, url: str, event: str, evidence: dict[str, Any], *, hook: bool
     ) -> None:
-        body = envelope(event, evidence)
-        backoff = Backoff(self.options.retry_base, 300.0)
-        for number in range(1, self.options.max_attempts + 1):
-            started, tick = _now(), time.perf_counter()
-            code, error, final = await self._attempt(url, event, body, f"{alert_id}:{number}")
-            attempt = {
-                "kind": "url" if hook else "webhook",
-                "event": event,
-                "url": url,
-                "attempt": number,
-                "at": started,
-                "status_code": code,
-                "error": error,
-                "duration_ms": round((time.perf_counter() - tick) * 1000, 1),
-            }
-            delivered = code is not None and 200 <= code < 300
-            log.info(
-                "%s %s to %s attempt %d: %s",
-                event,
-                alert_id,
-                url,
-                number,
-                "delivered" if delivered else error,
-            )
+        kind = "url" if hook else "webhook"
+
+        async def keep(attempt: dict[str, Any]) -> None:
+            entry = {"kind": kind, **attempt}
             if hook:
-                await asyncio.to_thread(self.store.record, alert_id, hook=attempt)
+                await asyncio.to_thread(self.store.record, alert_id, hook=entry)
             else:
-                await asyncio.to_thread(self.store.record, alert_id, delivery=attempt)
-            if delivered or final:
-                return
-            if number < self.options.max_attempts:
-                await asyncio.sleep(backoff.delay(number))
-        log.warning("%s %s to %s given up after %d attempts", event, alert_id, url, number)
+                await asyncio.to_thread(self.store.record, alert_id, delivery=entry)
 
-    def _headers(self, event: str, body: bytes, delivery: str) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        return {
-            "Content-Type": "application/json",
-            "User-Agent": f"modelhost/{__version__}",
-            EVENT_HEADER: event,
-            DELIVERY_HEADER: delivery,
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-        }
-
-    async def _attempt(
-        self, url: str, event: str, body: bytes, delivery: str
-    ) -> tuple[int | None, str | None, bool]:
-        """One POST: (status code, error, give up now)."""
-        try:
-            target = self.policy.parse(url)
-            addresses = await asyncio.to_thread(self.policy.addresses, target)
-        except InvalidInput as exc:
-            return None, f"refused by the callback policy: {exc.message}", True
-        except OSError as exc:
-            return None, f"the host did not resolve: {exc}", False
-        headers = {**self._headers(event, body, delivery), "Host": target.host_header}
-        extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
-        error = "no address to connect to"
-        async with httpx.AsyncClient(
-            timeout=self.options.timeout, follow_redirects=False, trust_env=False
-        ) as client:
-            for address in addresses:  # connect to a checked address, never re-resolve
-                request = client.build_request(
-                    "POST",
-                    target.url.copy_with(host=address),
-                    headers=headers,
-                    content=body,
-                    extensions=extensions,
-                )
-                try:
-                    response = await client.send(request, stream=True)
-                    await response.aclose()  # never read a receiver's body
-                except httpx.ConnectError as exc:  # nothing was sent: try the next address
-                    error = _describe(exc)
-                    continue
-                except httpx.HTTPError as exc:
-                    return None, _describe(exc), False
-                code = response.status_code
-                return code, None if 200 <= code < 300 else f"HTTP {code}", False
-        return None, error, False
+        await self.webhooks.deliver(url, event, evidence, delivery_id=alert_id, recorder=keep)
 
     # -- retraining command ----------------------------------------------------------------
 
     async def _command(self, alert_id: str, command: list[str], evidence: dict[str, Any]) -> None:
-        outcome: dict[str, Any] = {"kind": "command", "command": command, "at": _now()}
+        outcome: dict[str, Any] = {"kind": "command", "command": command, "at": now_iso()}
         if not self.options.retrain_commands:
             outcome["error"] = "retraining commands are off (MODELHOST_DRIFT__RETRAIN_COMMANDS)"
         else:

@@ -171,24 +171,19 @@ def overview_plot(body: dict[str, Any], figure_cls: type[Figure]) -> str | None:
 def _numeric_axes(ax: Axes, histogram: dict[str, Any]) -> None:
     edges = histogram["edges"]
     widths = [b - a for a, b in itertools.pairwise(edges)]
-    ax.bar(
-        edges[:-1],
-        histogram["reference"],
-        width=widths,
-        align="edge",
-        color=REFERENCE_COLOR,
-        alpha=0.55,
-        label="reference (training)",
-    )
-    ax.bar(
-        edges[:-1],
-        histogram["live"],
-        width=widths,
-        align="edge",
-        color=LIVE_COLOR,
-        alpha=0.55,
-        label="live",
-    )
+    for key, color, label in (
+        ("reference", REFERENCE_COLOR, "reference (training)"),
+        ("live", LIVE_COLOR, "live"),
+    ):
+        ax.bar(
+            edges[:-1],
+            histogram[key],
+            width=widths,
+            align="edge",
+            color=color,
+            alpha=0.55,
+            label=label,
+        )
     ax.set_ylabel("share of values")
 
 

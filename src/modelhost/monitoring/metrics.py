@@ -21,6 +21,9 @@ Name                                        Type       Labels
 ``modelhost_model_versions``                gauge      state
 ``modelhost_model_state``                   gauge      model, version, state
 ``modelhost_drift_score``                   gauge      model, version, feature, method
+``modelhost_canary_weight``                 gauge      model, version
+``modelhost_rollout_actions_total``         counter    model, action
+``modelhost_shadow_requests_total``         counter    model, version, outcome
 ==========================================  =========  =====================================
 
 ``outcome`` is ``ok`` or the kind of error (see :func:`outcome_of`); ``protocol`` is the one a
@@ -288,6 +291,28 @@ class Metrics:
             "Drift of live inputs from the reference, by feature and method (psi, ks, kl); "
             "feature '_overall' summarises a version.",
             ["model", "version", "feature", "method"],
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "modelhost_canary_weight",
+            "Percent of unpinned traffic the canary version of a model takes (0 when rolled back).",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.rollout_actions = Counter(
+            "modelhost_rollout_actions",
+            "Automatic rollout actions taken by this process: rollback (a guard breached), "
+            "ramp (a step up), promote (a ramp completed), held (a gate stopped a ramp).",
+            ["model", "action"],
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "modelhost_shadow_requests",
+            "Copies of live requests run on shadow versions, by outcome: agree, disagree, "
+            "error (the shadow failed), dropped (the shadow queue was full or the process "
+            "stopped), skipped (the "
+            "shadow was not ready or refused the input).",
+            ["model", "version", "outcome"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}

@@ -40,6 +40,7 @@ from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.runtimes import StreamChunk
 from modelhost.security.keys import Principal
 from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
+from modelhost.serving.router import Arm, Route
 
 #: numpy dtype of each v2 datatype; BYTES elements are ``bytes`` in an object array.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -499,16 +500,16 @@ _DECODERS: dict[Kind, Callable[[Tensor, Signature], list[Any]]] = {
 
 def to_inference_request(
     request: V2Request,
-    info: VersionInfo,
+    route: Route,
     request_id: str,
     protocol: str,
     principal: Principal | None = None,
 ) -> InferenceRequest:
-    """The data-plane request of a v2 request to the resolved version ``info``.
+    """The data-plane request of a v2 request to the routed version ``route.info``.
 
     Args:
         request: the decoded v2 request.
-        info: the version it was resolved to.
+        route: where it goes (the tensors are decoded against that version).
         request_id: the transport's request id.
         protocol: the transport's name, for metrics (``v2`` REST, ``grpc``).
         principal: the authenticated caller.
@@ -516,18 +517,20 @@ def to_inference_request(
     Raises:
         InvalidInput: the tensors or requested outputs do not fit the model.
     """
+    info = route.info
     sig = signature(info)
     tensor = _one_input(request, sig)
     _check_outputs(request, sig)
     return InferenceRequest(
         model=info.model,
-        version=info.version,
+        version=info.version if route.arm == Arm.PINNED else None,
         inputs=_DECODERS[sig.kind](tensor, sig),
         parameters=model_parameters(request.parameters),
         request_id=request_id,
         body_bytes=request.body_bytes,
         protocol=protocol,
         principal=principal,
+        route=route,
     )
 
 

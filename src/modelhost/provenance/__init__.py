@@ -97,7 +97,7 @@ class ProvenanceComponent(Component):
             await self.recorder.stop()
 
 
-def build_provenance(services: Services) -> Component:
+def build_provenance(services: Services) -> ProvenanceComponent:
     """The provenance component of a server or worker process."""
     settings = services.settings.provenance
     store = ProvenanceStore(services.registry.engine)

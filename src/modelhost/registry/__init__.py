@@ -2,6 +2,15 @@
 
 from modelhost.registry.artifacts import ArtifactStore
 from modelhost.registry.db import make_engine
+from modelhost.registry.deployments import (
+    DeployEvent,
+    Deployments,
+    DeploymentSpec,
+    GuardPolicy,
+    RampPlan,
+    RolloutState,
+    Sticky,
+)
 from modelhost.registry.service import (
     HistoryEntry,
     ModelInfo,
@@ -13,10 +22,17 @@ from modelhost.registry.service import (
 
 __all__ = [
     "ArtifactStore",
+    "DeployEvent",
+    "DeploymentSpec",
+    "Deployments",
+    "GuardPolicy",
     "HistoryEntry",
     "ModelInfo",
+    "RampPlan",
     "Registry",
+    "RolloutState",
     "Stage",
+    "Sticky",
     "VersionInfo",
     "make_engine",
     "resolve_in",

@@ -19,6 +19,7 @@ from modelhost.errors import Conflict, InvalidInput, ModelNotFound, VersionNotFo
 from modelhost.manifest import ModelManifest, load_manifest, parse_manifest
 from modelhost.registry.artifacts import ArtifactStore
 from modelhost.registry.db import AliasRow, HistoryRow, ModelRow, VersionRow
+from modelhost.registry.deployments import Deployments
 
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -107,6 +108,8 @@ class Registry:
     def __init__(self, engine: Engine, store: ArtifactStore) -> None:
         self.engine = engine
         self.store = store
+        self.deployments = Deployments(engine)
+        """Canary, shadows, guards and rollback lineage of each model."""
         self._session = sessionmaker(engine, expire_on_commit=False)
 
     # -- writing -------------------------------------------------------------------------
@@ -278,9 +281,11 @@ class Registry:
             ]
 
     def generation(self) -> int:
-        """A number that grows with every change; cheap to poll."""
+        """A number that grows with every change of versions, stages, aliases or deployments;
+        cheap to poll (every replica does, to apply changes made through another)."""
         with self._session() as session:
-            return int(session.scalar(select(func.max(HistoryRow.id))) or 0)
+            versions = int(session.scalar(select(func.max(HistoryRow.id))) or 0)
+        return versions + self.deployments.generation()
 
     # -- helpers -------------------------------------------------------------------------
 

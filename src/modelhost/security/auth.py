@@ -139,4 +139,10 @@ def required_scope(method: str, path: str) -> Scope | None:
         return Scope.PROVENANCE
     if method == "POST" and path.startswith("/v1/models/") and path.endswith(("/load", "/unload")):
         return Scope.DEPLOY
+    if path.startswith("/v1/deployments") or (
+        path.startswith("/v1/models/") and "/deployment" in path
+    ):
+        return Scope.DEPLOY
+    if path.startswith("/v1/models/") and path.endswith("/golden"):
+        return Scope.MODELS_WRITE
     return Scope.PREDICT

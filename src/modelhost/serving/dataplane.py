@@ -44,6 +44,7 @@ from modelhost.serving.batching import (
 )
 from modelhost.serving.models import Deployment, ModelManager, Validator
 from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from modelhost.serving.router import Route, Router, ShadowSink
 
 _DONE = object()
 #: Span attributes of the guards steps (constants: nothing is built per request).
@@ -72,6 +73,11 @@ class InferenceRequest:
     """Seconds the request waited in the job queue before this attempt (async jobs only)."""
     replay_of: str | None = None
     """The request id this call replays; a replay is never live traffic."""
+    session: str | None = None
+    """The caller's ``X-Session-ID``: keeps it on one side of a canary split."""
+    route: Route | None = None
+    """Where the request goes, when the transport routed it before handing it over (to check
+    the body limit or decode against the chosen version); routed by the data plane if None."""
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -120,6 +126,7 @@ class _Admitted:
     principal: Principal | None
     inputs: list[Any]
     guards: dict[str, Any]
+    route: Route
 
 
 def _describe(prefix: str, exc: JsonSchemaValueException) -> tuple[str, str]:
@@ -190,16 +197,18 @@ class DataPlane:
         self.default_timeout_s = default_timeout_s
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
+        self.router = Router(manager)
+        self.shadow: ShadowSink | None = None
+        """Runs shadow versions on copies of answered requests (set by the rollouts
+        component); None: shadows named by a deployment are not run."""
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelhost-infer")
 
-    async def prepare(self, request: InferenceRequest) -> tuple[Deployment, dict[str, Any]]:
-        """Resolve the version, check that it serves, check limits and validate the inputs.
-
-        Returns:
-            The ready deployment and the merged parameters.
-        """
-        info = await self.manager.resolve(request.model, request.version)
-        return self.admit(info, request)
+    async def route(self, request: InferenceRequest) -> Route:
+        """The version ``request`` goes to (pin, production or canary) and its shadows; kept on
+        the request (``request.route``) for the rest of its path."""
+        if request.route is None:
+            request.route = await self.router.route(request)
+        return request.route
 
     def admit(
         self, info: VersionInfo, request: InferenceRequest
@@ -271,31 +280,42 @@ class DataPlane:
         finally:
             timer.cancel()
 
-    async def infer(
-        self, request: InferenceRequest, info: VersionInfo | None = None
-    ) -> InferenceResponse:
-        """Run one request through the whole path, recording its metrics.
-
-        Args:
-            request: the call.
-            info: the version ``request`` resolves to, when the transport already resolved it
-                (REST v1 does, for the body limit); resolved here otherwise.
-        """
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request through the whole path, recording its metrics."""
         started = time.perf_counter()
+        info: VersionInfo | None = None
+        route = request.route
         try:
-            if info is None:
-                info = await self.manager.resolve(request.model, request.version)
+            if route is None:
+                route = await self.route(request)
+            info = route.info
             dep, parameters = self.admit(info, request)
             principal, inputs, guards = await self._secure(request, info)
             tick = time.perf_counter()
             prediction = await self.predict(dep, inputs, parameters)
             compute = time.perf_counter() - tick
-            return await self._respond(
-                request, dep, prediction, principal, guards, started, compute
+            response = await self._respond(
+                request, dep, prediction, principal, guards, started, compute, route
             )
         except BaseException as exc:  # counted, then raised unchanged
             self._failed(request, info, exc, started)
             raise
+        self._shadow(route, request, inputs, parameters, response.results, compute)
+        return response
+
+    def _shadow(
+        self,
+        route: Route,
+        request: InferenceRequest,
+        inputs: list[Any],
+        parameters: dict[str, Any],
+        results: list[Any],
+        seconds: float,
+    ) -> None:
+        """Hand an answered live request to the shadow runner when its route has shadows
+        (a replay is not live traffic: it is never shadowed)."""
+        if route.shadows and self.shadow is not None and request.replay_of is None:
+            self.shadow.offer(route, request, inputs, parameters, results, seconds)
 
     async def _respond(
         self,
@@ -306,6 +326,7 @@ class DataPlane:
         guards: dict[str, Any],
         started: float,
         compute: float = 0.0,
+        route: Route | None = None,
     ) -> InferenceResponse:
         """Guard the results, price and charge the call (``compute``: seconds of its runtime
         call), count the answer, build the response."""
@@ -325,6 +346,7 @@ class DataPlane:
                     results=results,
                     usage=prediction.usage,
                     timings={"inference": compute},
+                    decisions={"route": route.decision()} if route is not None else {},
                 )
             )
         return InferenceResponse(
@@ -375,7 +397,8 @@ class DataPlane:
                     "queue", request.queued_s, {"modelhost.job_id": request.request_id}
                 )
             try:
-                info = await self.manager.resolve(request.model, request.version)
+                route = await self.route(request)
+                info = route.info
                 dep, parameters = self.admit(info, request)
                 runtime = dep.runtime
                 assert runtime is not None
@@ -384,7 +407,9 @@ class DataPlane:
                     return
                 principal, inputs, guards = await self._secure(request, info)
                 key = parameters_key(parameters)
-                member = _Admitted(index, request, dep, parameters, principal, inputs, guards)
+                member = _Admitted(
+                    index, request, dep, parameters, principal, inputs, guards, route
+                )
                 groups.setdefault((id(dep), key if key is not None else -index - 1), []).append(
                     member
                 )
@@ -408,7 +433,7 @@ class DataPlane:
             for member, part in zip(members, parts, strict=True):
                 try:
                     share = compute * len(member.inputs) / len(merged)
-                    outcomes[member.index] = await self._respond(
+                    response = await self._respond(
                         member.request,
                         member.dep,
                         part,
@@ -416,10 +441,21 @@ class DataPlane:
                         member.guards,
                         started,
                         share,
+                        member.route,
                     )
                 except Exception as exc:  # charging failed (a budget ran out meanwhile)
                     self._failed(member.request, member.dep.info, exc, started)
                     outcomes[member.index] = exc
+                    continue
+                outcomes[member.index] = response
+                self._shadow(
+                    member.route,
+                    member.request,
+                    member.inputs,
+                    member.parameters,
+                    response.results,
+                    share,
+                )
 
         async def run_solo(index: int) -> None:
             assert on_chunk is not None
@@ -511,14 +547,22 @@ class DataPlane:
         """Run validated inputs on a ready deployment, through its batcher when it has one."""
         batcher = dep.batcher if dep.batcher is not None else self._attach_batcher(dep)
         if batcher is not None:
-            with self.tracer.span("batch"):
-                return await batcher.submit(inputs, parameters)
+            dep.inflight += 1
+            try:
+                with self.tracer.span("batch"):
+                    return await batcher.submit(inputs, parameters)
+            finally:
+                dep.inflight -= 1
         runtime = dep.runtime
         assert runtime is not None  # ready_runtime returned a READY deployment
         observe = self.metrics.deployment(dep.info.model, dep.info.version).runtime_call
-        prediction: Prediction = await self.call(
-            dep, lambda: observed_predict(runtime, inputs, parameters, observe)
-        )
+        dep.inflight += 1
+        try:
+            prediction: Prediction = await self.call(
+                dep, lambda: observed_predict(runtime, inputs, parameters, observe)
+            )
+        finally:
+            dep.inflight -= 1
         return prediction
 
     async def call(self, dep: Deployment, fn: Callable[[], Any]) -> Any:
@@ -580,12 +624,13 @@ class DataPlane:
         """Validate now, then stream the first input's generation chunk by chunk.
 
         Errors found before generation starts are raised here, so a transport can still answer
-        with a status code; the iterator is consumed by the transport.
+        with a status code; the iterator is consumed by the transport. Streamed generations
+        are not copied to shadows (a shadow would double the cost of every token).
         """
         started = time.perf_counter()
         info: VersionInfo | None = None
         try:
-            info = await self.manager.resolve(request.model, request.version)
+            info = (await self.route(request)).info
             dep, parameters = self.admit(info, request)
             runtime = dep.runtime
             assert runtime is not None

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import fastjsonschema
 
 from modelhost.errors import ModelhostError, ModelNotFound, ModelNotReady
-from modelhost.registry import ModelInfo, Registry, Stage, VersionInfo, resolve_in
+from modelhost.registry import (
+    DeploymentSpec,
+    ModelInfo,
+    Registry,
+    Stage,
+    VersionInfo,
+    resolve_in,
+)
 from modelhost.runtimes import Runtime, RuntimeContext, create_runtime
 
 if TYPE_CHECKING:
@@ -54,6 +61,8 @@ class Deployment:
     batcher: AdaptiveBatcher | None = None
     """Wraps ``runtime`` when the manifest asks for batching; set by the data plane on first
     use, closed (drained) here on unload."""
+    inflight: int = 0
+    """Runtime calls running now; an unload waits for them (a switch loses no request)."""
 
     @property
     def ref(self) -> str:
@@ -80,10 +89,21 @@ def _compile(schema: dict[str, Any]) -> Validator | None:
 class ModelManager:
     """Loads, unloads and finds model versions; one per server process."""
 
-    def __init__(self, registry: Registry, *, threads: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        threads: int,
+        keep_warm: int = 1,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
         self.registry = registry
         self.threads = threads
+        self.keep_warm = keep_warm
+        """Former production versions kept loaded, so a rollback switches at once."""
+        self.drain_timeout_s = drain_timeout_s
         self._models: dict[str, ModelInfo] = {}
+        self._specs: dict[str, DeploymentSpec] = {}
         self._deployments: dict[str, Deployment] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhost-load")
         self._generation = -1
@@ -101,18 +121,36 @@ class ModelManager:
         if generation == self._generation:
             return False
         models = await asyncio.to_thread(self.registry.list_models)
+        specs = await asyncio.to_thread(self.registry.deployments.all)
         self._models = {m.name: m for m in models}
+        self._specs = specs
         self._generation = generation
         for model in models:
+            wanted = self._wanted(specs.get(model.name))
             for version in model.versions:
-                self._sync_version(version, load=load)
+                self._sync_version(version, load=load, wanted=version.version in wanted)
         return True
 
-    def _sync_version(self, version: VersionInfo, *, load: bool) -> None:
+    def _wanted(self, spec: DeploymentSpec | None) -> set[str]:
+        """Versions a deployment names that must stay loaded whatever their stage: its
+        canary, its shadows and the ``keep_warm`` newest former production versions."""
+        if spec is None:
+            return set()
+        wanted = {*spec.shadows, *spec.previous[: self.keep_warm]}
+        if spec.canary is not None:
+            wanted.add(spec.canary)
+        return wanted
+
+    def spec(self, name: str) -> DeploymentSpec:
+        """The deployment of ``name`` as last read (production only when none is stored)."""
+        found = self._specs.get(name)
+        return found if found is not None else DeploymentSpec(model=name)
+
+    def _sync_version(self, version: VersionInfo, *, load: bool, wanted: bool = False) -> None:
         current = self._deployments.get(version.ref)
         if current is not None:
             current.info = version
-        live = version.stage is not Stage.ARCHIVED
+        live = version.stage is not Stage.ARCHIVED or wanted
         if load and live and (current is None or current.state is ModelState.UNLOADED):
             self.start_loading(version)
         elif not live and current is not None and current.state is ModelState.READY:
@@ -242,11 +280,18 @@ class ModelManager:
         dep.loaded = asyncio.Event()
         if batcher is not None:  # answer the requests already waiting before the model goes
             await batcher.close()
+        await self._drain(dep)  # calls that started before hold the runtime: let them end
         if runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self._loader, runtime.unload)
         gc.unfreeze()  # let the collector reclaim what the unloaded model leaves in cycles
         log.info("%s unloaded", ref)
         return dep
+
+    async def _drain(self, dep: Deployment) -> None:
+        """Wait (up to ``drain_timeout_s``) for the runtime calls in flight on ``dep``."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while dep.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         """Unload everything and stop the loader."""
