@@ -26,6 +26,7 @@ from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
 from modelhost.api.middleware import RequestIdMiddleware
+from modelhost.cache.response import build_response_cache
 from modelhost.components import Component
 from modelhost.config import Settings
 from modelhost.errors import ConfigError, Conflict, MissingDependencyError
@@ -46,8 +47,9 @@ from modelhost.security.auth import Authenticator, JwtOptions
 from modelhost.security.injection import InjectionDetector, embedder_from_runtime
 from modelhost.security.keys import KeyStore, NewKey, Scope
 from modelhost.security.ratelimit import LimitDefaults, RateLimiter
+from modelhost.serving.breaker import Breakers
 from modelhost.serving.dataplane import DataPlane
-from modelhost.serving.models import ModelManager, ModelState
+from modelhost.serving.models import ModelManager
 from modelhost.serving.promotion import Promoter
 from modelhost.serving.rollout_stats import RolloutStatsStore
 from modelhost.serving.rollouts import build_rollouts
@@ -101,19 +103,7 @@ class DetectorProvider:
         self._full: tuple[Runtime, InjectionDetector] | None = None
 
     def _runtime(self) -> Runtime | None:
-        for info in self._manager.models():
-            if info.name != self._model:
-                continue
-            for version in info.versions:
-                dep = self._manager.deployment(version.ref)
-                if (
-                    version.stage.value == "production"
-                    and dep is not None
-                    and dep.runtime
-                    and dep.state is ModelState.READY
-                ):
-                    return dep.runtime
-        return None
+        return self._manager.production_runtime(self._model) if self._model else None
 
     def __call__(self) -> InjectionDetector:
         runtime = self._runtime()
@@ -223,7 +213,9 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         access=access,
         observers=[metrics.observer()],
         tracer=tracer if tracer is not None else build_tracer(settings.tracing),
+        breakers=Breakers(settings.breaker, metrics),
     )
+    plane.cache = build_response_cache(settings, manager)
     jobs, worker, bus = build_jobs(settings, registry, plane)
     metrics.watch_jobs(jobs.depth)
     services = Services(
@@ -362,6 +354,8 @@ async def close_services(services: Services) -> None:
     await services.manager.close()
     await services.access.limiter.close()
     await services.bus.close()
+    if services.plane.cache is not None:
+        await services.plane.cache.close()
     services.jobs.close()
     services.plane.close()
     services.plane.tracer.shutdown()

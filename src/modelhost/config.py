@@ -275,6 +275,41 @@ class RolloutSettings(BaseModel):
     """Whose webhook secret signs rollout alerts (``GET /v1/webhooks/secret`` of that tenant)."""
 
 
+class CacheSettings(BaseModel):
+    """Response caches (docs/caching.md): exact for deterministic requests, semantic for LLM
+    prompts where a model opts in."""
+
+    enabled: bool = True
+    """Serve repeated deterministic requests from the exact cache (a model's manifest may opt
+    out with ``cache.exact: false``)."""
+    store: Literal["memory", "sqlite", "redis"] = "memory"
+    """Where exact entries live: this process's memory, a SQLite file under ``home``
+    (``cache.db``), or Redis (``redis_url``; shared by every replica)."""
+    ttl_s: float = Field(default=3600.0, gt=0)
+    """Seconds an entry is served (a manifest's ``cache.ttl_s`` wins)."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Most entries the memory and SQLite stores keep (least recently used go first)."""
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Most bytes of answers the memory store keeps."""
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Larger answers are not cached."""
+    semantic_max_entries: int = Field(default=100_000, ge=1)
+    """Most prompts one semantic index (a tenant, model version and parameters) keeps."""
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breakers of model versions (docs/cascades.md): a version that keeps failing is
+    skipped for a while, so its callers go to its fallbacks (or get 503) at once."""
+
+    failures: int = Field(default=5, ge=1)
+    """Consecutive failures (timeouts, runtime errors) that open a version's breaker."""
+    cooldown_s: float = Field(default=30.0, gt=0)
+    """Seconds an open breaker skips its version before letting probe calls through."""
+    half_open_probes: int = Field(default=1, ge=1)
+    """Calls let through at once while half-open; one success closes the breaker, one failure
+    opens it again."""
+
+
 class Settings(BaseSettings):
     """Every setting of modelhost; one nested model per subsystem."""
 
@@ -306,6 +341,10 @@ class Settings(BaseSettings):
     """Drift monitoring."""
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
     """Canary, shadow and blue-green rollouts."""
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    """Exact and semantic response caches."""
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    """Circuit breakers in front of model versions (fallbacks skip an open one)."""
     redis_url: str | None = None
     """Redis for rate-limit counters shared by every replica; memory when none."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)

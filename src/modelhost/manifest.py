@@ -18,7 +18,14 @@ import semver
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelhost.errors import ManifestError
 from modelhost.security.policy import GuardsConfig
@@ -36,6 +43,7 @@ class RuntimeKind(StrEnum):
     LLAMACPP = "llamacpp"  #: a GGUF language model run by llama.cpp
     EMBEDDINGS = "embeddings"  #: a sentence-transformers embedding model
     PYTHON = "python"  #: a user class named by import path
+    CASCADE = "cascade"  #: stages of other models, run by the data plane (no model of its own)
 
 
 class Task(StrEnum):
@@ -256,6 +264,76 @@ class Gates(BaseModel):
     schema's ``examples``."""
 
 
+class SemanticCacheConfig(BaseModel):
+    """The semantic cache of a language model: a prompt close enough to one answered before
+    (same tenant, version and parameters) gets that answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    """Opt in: off by default, because a near match is not the same question."""
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    """Least cosine similarity of the prompts' embeddings for a hit."""
+    embedding_model: str = "minilm"
+    """The embeddings model (its production version) prompts are embedded with."""
+
+
+class CacheConfig(BaseModel):
+    """How this version's answers are cached (docs/caching.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exact: bool | None = None
+    """Exact cache: None (default) caches deterministic requests — classification,
+    regression and embedding models, and generation at temperature 0; true also caches a
+    ``custom`` model (declaring it deterministic); false never caches."""
+    ttl_s: float | None = Field(default=None, gt=0)
+    """Seconds an entry is served; default ``cache.ttl_s``."""
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+
+
+class CascadeStage(BaseModel):
+    """One stage of a cascade: the model that answers, and when an item goes on to the next
+    stage (any rule that matches escalates it; the last stage's rules are ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=140)
+    """``name`` (its deployment picks the version) or ``name@version``."""
+    min_score: float | None = None
+    """Escalate an item whose result's ``score_field`` is under this (or missing)."""
+    score_field: str = "score"
+    """The result field ``min_score`` reads."""
+    escalate_labels: list[str] = Field(default_factory=list)
+    """Escalate an item whose result's ``label_field`` is one of these."""
+    label_field: str = "label"
+    """The result field ``escalate_labels`` reads."""
+    escalate_pattern: str | None = None
+    """Escalate an item whose input text matches this regular expression (searched)."""
+    text_field: str = "text"
+    """The input field ``escalate_pattern`` reads when an input is an object."""
+
+    @field_validator("escalate_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class CascadeConfig(BaseModel):
+    """A cascade route: cheap stages answer first, and only the items a stage's rule escalates
+    go on to the next one; the last stage answers whatever is left (docs/cascades.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[CascadeStage] = Field(min_length=2, max_length=8)
+    """The stages, cheapest first."""
+
+
 class ModelManifest(BaseModel):
     """One model version as declared in its ``modelhost.yaml``."""
 
@@ -293,6 +371,19 @@ class ModelManifest(BaseModel):
     supported_languages: list[str] = Field(default_factory=list)
     max_tokens: int | None = Field(default=None, gt=0)
     """Context window of a language model, shown in metadata."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    """Response caching of this version."""
+    cascade: CascadeConfig | None = None
+    """The stages of a ``runtime: cascade`` version (required by it, refused elsewhere)."""
+    fallbacks: list[str] = Field(default_factory=list, max_length=8)
+    """Models (``name`` or ``name@version``) tried in order when this version times out,
+    fails or is unavailable (its circuit breaker open); a caller's error never falls back."""
+
+    @model_validator(mode="after")
+    def _check_cascade(self) -> ModelManifest:
+        if (self.runtime is RuntimeKind.CASCADE) != (self.cascade is not None):
+            raise ValueError("'cascade' is required by 'runtime: cascade' and only by it")
+        return self
 
     @field_validator("name")
     @classmethod

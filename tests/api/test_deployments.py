@@ -16,8 +16,10 @@ import pytest
 from tests.conftest import Server, create_key, run_cli, start_server, stop_server
 from tests.serving.iris_variants import iris_rows, write_iris_variant
 
-#: No demo models (they take long to build): the iris variants are enough.
-ENV = {"MODELHOST_DEMO__ENABLED": "false"}
+#: No demo models (they take long to build): the iris variants are enough; no response cache.
+ENV = {"MODELHOST_DEMO__ENABLED": "false", "MODELHOST_CACHE__ENABLED": "false"}
+"""(The traffic repeats iris rows: cache hits would answer without canaries and shadows
+running.)"""
 
 
 def _push(home: Path, directory: Path, *stage: str) -> None:

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from modelhost.api.errors import modelhost_response
 from modelhost.app import Services, build_services, close_services
-from modelhost.config import DemoSettings, RolloutSettings, Settings
+from modelhost.config import CacheSettings, DemoSettings, RolloutSettings, Settings
 from modelhost.errors import Conflict, GateRefused, InvalidInput, VersionNotFound
 from modelhost.registry import RolloutState, Stage
 from modelhost.registry.golden import register_golden
@@ -78,6 +78,9 @@ async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E
         home=tmp_path / "home",
         demo=DemoSettings(enabled=False),
         rollouts=RolloutSettings(keep_warm=keep_warm),
+        # callers here repeat their inputs in a tight loop: cache hits would answer without
+        # ever yielding to the event loop (and without the versions being switched)
+        cache=CacheSettings(enabled=False),
     )
     services = build_services(settings)
     yield Env(services, tmp_path / "models")

@@ -20,7 +20,7 @@ import pytest_asyncio
 from sqlalchemy.engine import Engine
 
 from modelhost.app import Services, build_services, close_services, stop_components
-from modelhost.config import DemoSettings, JobSettings, RolloutSettings, Settings
+from modelhost.config import CacheSettings, DemoSettings, JobSettings, RolloutSettings, Settings
 from modelhost.jobs.webhooks import tenant_secret, verify
 from modelhost.monitoring.alerts import SignedWebhooks, WebhookOptions
 from modelhost.monitoring.feedback import Feedback, FeedbackStore
@@ -198,6 +198,8 @@ def make_settings(home: Path, receiver: Receiver) -> Settings:
             check_interval_s=3600,
             stats_flush_s=3600,
         ),
+        # the traffic repeats iris rows: cache hits would answer without the canary running
+        cache=CacheSettings(enabled=False),
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from modelhost.app import Services, build_registry, build_services, close_services
-from modelhost.config import DemoSettings, RolloutSettings, Settings
+from modelhost.config import CacheSettings, DemoSettings, RolloutSettings, Settings
 from modelhost.manifest import Task
 from modelhost.registry import Registry, Stage
 from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
@@ -54,6 +54,7 @@ def settings_for(home: Path, **rollouts: Any) -> Settings:
         home=home,
         demo=DemoSettings(enabled=False),
         rollouts=RolloutSettings.model_validate({"stats_flush_s": 30.0, **rollouts}),
+        cache=CacheSettings(enabled=False),  # a cache hit is not shadowed: count every copy
     )
 
 

@@ -25,7 +25,14 @@ from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
-from modelhost.api.v1 import json_response, parse_json, read_body, version_header
+from modelhost.api.v1 import (
+    answer_headers,
+    json_response,
+    no_cache,
+    parse_json,
+    read_body,
+    version_header,
+)
 from modelhost.errors import InvalidInput, ModelhostError, PayloadTooLarge
 from modelhost.manifest import RuntimeKind, Task
 from modelhost.protocol.openai import (
@@ -229,6 +236,7 @@ class OpenAIRoutes:
             protocol="openai",
             principal=principal_of(request.scope),
             session=request.headers.get(SESSION_HEADER),
+            no_cache=no_cache(request),
         )
         info = (await self.plane.route(ireq)).info
         _check_serves(info, accepts, request.url.path)
@@ -265,8 +273,8 @@ class OpenAIRoutes:
             headers={**_SSE_HEADERS, "X-Model-Version": info.version},
         )
 
-    def _answer(self, body: dict[str, Any], version: str) -> Response:
-        return json_response(body, headers={"X-Model-Version": version})
+    def _answer(self, body: dict[str, Any], response: InferenceResponse) -> Response:
+        return json_response(body, headers=answer_headers(response))
 
     async def chat(self, request: Request) -> Response:
         """``POST /v1/chat/completions``."""
@@ -298,7 +306,7 @@ class OpenAIRoutes:
             fingerprint=_fingerprint(response.version),
             chat=chat,
         )
-        return self._answer(shape.response(response.results, response.usage), response.version)
+        return self._answer(shape.response(response.results, response.usage), response)
 
     async def embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``: float lists or base64 of little-endian float32."""
@@ -308,7 +316,7 @@ class OpenAIRoutes:
         ireq.inputs, ireq.parameters = body.texts(), body.parameters()
         response = await self._infer(ireq, _item_param("input", isinstance(body.input, str)))
         out = embedding_list(response.results, response.usage, response.model, body.encoding_format)
-        return self._answer(out, response.version)
+        return self._answer(out, response)
 
     def _check_dimensions(self, info: VersionInfo, dimensions: int | None) -> None:
         """Refuse more dimensions than the loaded model makes (fewer truncate the vectors)."""

@@ -18,7 +18,7 @@ from modelhost.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
 from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.security.keys import Auditor, Principal
-from modelhost.serving.dataplane import DataPlane, InferenceRequest
+from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
 from modelhost.serving.models import Deployment, ModelManager
 from modelhost.serving.router import SESSION_HEADER
 
@@ -120,6 +120,21 @@ def parse_envelope(payload: Any) -> tuple[list[Any], dict[str, Any]]:
             f"unknown field {name!r}; the body has 'inputs' and 'parameters'", param=name
         )
     return inputs, parameters
+
+
+def no_cache(request: Request) -> bool:
+    """Whether the caller sent ``Cache-Control: no-cache`` (or ``no-store``): the response
+    cache must not answer it."""
+    value = request.headers.get("cache-control", "").lower()
+    return "no-cache" in value or "no-store" in value
+
+
+def answer_headers(response: InferenceResponse) -> dict[str, str]:
+    """``X-Model-Version``, and ``X-Cache`` when the response cache was asked."""
+    headers = {"X-Model-Version": response.version}
+    if response.cache is not None:
+        headers["X-Cache"] = response.cache
+    return headers
 
 
 def version_header(model: str, request: Request) -> str | None:
@@ -286,6 +301,7 @@ def build_router(
             protocol="v1",
             principal=principal_of(request.scope),
             session=request.headers.get(SESSION_HEADER),
+            no_cache=no_cache(request),
         )
         route = await plane.route(ireq)
         body = await read_body(request, plane.max_request_bytes(route.info))
@@ -295,7 +311,7 @@ def build_router(
         ireq.inputs, ireq.parameters = parse_envelope(payload)
         ireq.body_bytes = len(body)
         response = await plane.infer(ireq)
-        return json_response(response.as_v1(), headers={"X-Model-Version": response.version})
+        return json_response(response.as_v1(), headers=answer_headers(response))
 
     router.add_api_route(
         "/v1/models/{model}/predict",

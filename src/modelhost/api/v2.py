@@ -27,7 +27,7 @@ from modelhost import __version__
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.health import Readiness
-from modelhost.api.v1 import JSON_MEDIA, json_response, read_body
+from modelhost.api.v1 import JSON_MEDIA, json_response, no_cache, read_body
 from modelhost.errors import InvalidInput, ModelhostError
 from modelhost.protocol.v2 import (
     EXTENSIONS,
@@ -281,14 +281,16 @@ class _Endpoints:
         body = await read_body(request, self.plane.max_request_bytes(info), V2_MEDIA)
         v2 = parse_rest_request(body, request.headers.get(_HEADER_LENGTH))
         ireq = to_inference_request(v2, route, rid, "v2", principal)
+        ireq.no_cache = no_cache(request)
         answer = await self.plane.infer(ireq)
         content, header_length = encode_rest_response(from_inference_response(answer, info, v2), v2)
+        headers = {"X-Cache": answer.cache} if answer.cache is not None else {}
         if header_length is None:
-            return Response(content, media_type=_JSON)
+            return Response(content, media_type=_JSON, headers=headers)
         return Response(
             content,
             media_type="application/octet-stream",
-            headers={_HEADER_LENGTH: str(header_length)},
+            headers={**headers, _HEADER_LENGTH: str(header_length)},
         )
 
 

@@ -24,14 +24,17 @@ Name                                        Type       Labels
 ``modelhost_canary_weight``                 gauge      model, version
 ``modelhost_rollout_actions_total``         counter    model, action
 ``modelhost_shadow_requests_total``         counter    model, version, outcome
+``modelhost_cache_requests_total``          counter    model, version, kind, outcome
+``modelhost_circuit_state``                 gauge      model, version (0 closed, 1 open,
+                                                       2 half-open)
 ==========================================  =========  =====================================
 
 ``outcome`` is ``ok`` or the kind of error (see :func:`outcome_of`); ``protocol`` is the one a
 transport set on the request, or ``any``. A request whose model is not registered is counted
 under model and version ``_unknown`` (no registered name starts with ``_``), so callers cannot
 grow the label set. Tokens and cost count live traffic only (replays are left out, as in
-``GET /v1/usage``). There is no cache-hit metric yet: modelhost has no response cache so far,
-and a counter that can never move would only mislead.
+``GET /v1/usage``). Cache outcomes are ``hit``, ``miss`` and ``bypass`` (the ``X-Cache``
+header), by ``kind`` (``exact``, ``semantic``).
 """
 
 from __future__ import annotations
@@ -313,6 +316,20 @@ class Metrics:
             "stopped), skipped (the "
             "shadow was not ready or refused the input).",
             ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "modelhost_circuit_state",
+            "Circuit breaker of a model version: 0 closed (called), 1 open (skipped for its "
+            "cool-down), 2 half-open (probe calls let through).",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "modelhost_cache_requests",
+            "Requests the response cache was asked about, by outcome: hit (answered from the "
+            "cache), miss (stored), bypass (not cacheable, or the caller sent no-cache).",
+            ["model", "version", "kind", "outcome"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}

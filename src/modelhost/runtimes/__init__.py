@@ -13,6 +13,7 @@ _CLASSES: dict[RuntimeKind, str] = {
     RuntimeKind.LLAMACPP: "modelhost.runtimes.llamacpp:LlamaCppRuntime",
     RuntimeKind.EMBEDDINGS: "modelhost.runtimes.embeddings:EmbeddingsRuntime",
     RuntimeKind.PYTHON: "modelhost.runtimes.python:PythonRuntime",
+    RuntimeKind.CASCADE: "modelhost.runtimes.cascade:CascadeRuntime",
 }
 
 

@@ -26,6 +26,9 @@ class Usage:
     cost: float | None = None
     """What the call cost under the version's pricing; None when it has none."""
     currency: str | None = None
+    saved: float | None = None
+    """What the call did not cost because a cache answered it or an earlier cascade stage
+    did, under the pricing of the version that would have run (``cost_saved``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -47,6 +50,8 @@ class Usage:
         if self.cost is not None:
             body["cost"] = self.cost
             body["currency"] = self.currency
+        if self.saved is not None:
+            body["cost_saved"] = self.saved
         return body
 
 

@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastjsonschema import JsonSchemaValueException
-
 from modelhost.errors import (
     InferenceTimeout,
     InvalidInput,
@@ -27,12 +25,13 @@ from modelhost.errors import (
     RuntimeFailure,
     VersionNotFound,
 )
+from modelhost.manifest import RuntimeKind
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.monitoring.tracing import Tracer
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Prediction, StreamChunk, Usage
 from modelhost.security.access import AccessControl
-from modelhost.security.keys import Principal
+from modelhost.security.keys import ANONYMOUS, Principal
 from modelhost.security.ratelimit import price_of
 from modelhost.serving.batching import (
     AdaptiveBatcher,
@@ -42,9 +41,14 @@ from modelhost.serving.batching import (
     settle,
     split_prediction,
 )
-from modelhost.serving.models import Deployment, ModelManager, Validator
+from modelhost.serving.breaker import Breakers
+from modelhost.serving.caching import CacheLookup, CacheState, ResponseCache
+from modelhost.serving.cascade import run_cascade
+from modelhost.serving.fallback import fall_back
+from modelhost.serving.models import Deployment, ModelManager
 from modelhost.serving.observers import InferenceEvent, InferenceObserver
 from modelhost.serving.router import Route, Router, ShadowSink
+from modelhost.serving.validation import check_value
 
 _DONE = object()
 #: Span attributes of the guards steps (constants: nothing is built per request).
@@ -78,6 +82,11 @@ class InferenceRequest:
     route: Route | None = None
     """Where the request goes, when the transport routed it before handing it over (to check
     the body limit or decode against the chosen version); routed by the data plane if None."""
+    no_cache: bool = False
+    """The caller sent ``Cache-Control: no-cache``: the response cache must not answer."""
+    decisions: dict[str, Any] = field(default_factory=dict)
+    """Set on a child request a cascade or fallback makes (``cascade``, ``fallback``): copied
+    into its provenance record and its response; a fallback's request never falls back."""
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -99,6 +108,12 @@ class InferenceResponse:
     usage: Usage
     guards: dict[str, Any] = field(default_factory=dict)
     """What the guards did: ``redactions`` (counts by kind), ``prompt_injection`` (flag)."""
+    cache: str | None = None
+    """What the response cache did (``hit``, ``miss``, ``bypass``; the ``X-Cache`` header);
+    None when no cache was asked."""
+    decisions: dict[str, Any] = field(default_factory=dict)
+    """``cascade`` (which stage answered each item) or ``fallback`` (which model answered
+    instead of which), shown in the body as they are."""
 
     def as_v1(self) -> dict[str, Any]:
         """The REST v1 body."""
@@ -112,6 +127,7 @@ class InferenceResponse:
         }
         if self.guards:
             body["guards"] = self.guards
+        body.update(self.decisions)
         return body
 
 
@@ -127,30 +143,6 @@ class _Admitted:
     inputs: list[Any]
     guards: dict[str, Any]
     route: Route
-
-
-def _describe(prefix: str, exc: JsonSchemaValueException) -> tuple[str, str]:
-    """The param path and a sentence naming it, from a fastjsonschema error."""
-    name = exc.name or "data"
-    param = prefix + name.removeprefix("data")
-    detail = (exc.message or "is invalid").removeprefix(name).strip()
-    if exc.rule == "required" and isinstance(exc.value, dict):
-        required = (exc.definition or {}).get("required", [])
-        missing = [name for name in required if name not in exc.value]
-        if missing:
-            param = f"{param}.{missing[0]}"
-            return param, f"{param} is required"
-    return param, f"{param} {detail}"
-
-
-def _check(validator: Validator | None, value: Any, prefix: str) -> None:
-    if validator is None:
-        return
-    try:
-        validator(value)
-    except JsonSchemaValueException as exc:
-        param, message = _describe(prefix, exc)
-        raise InvalidInput(message, param=param) from None
 
 
 def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any]) -> None:
@@ -189,8 +181,11 @@ class DataPlane:
         access: AccessControl | None = None,
         observers: list[InferenceObserver] | None = None,
         tracer: Tracer | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.manager = manager
+        self.breakers = breakers if breakers is not None else Breakers(metrics=metrics)
+        """Circuit breakers of the versions called (see :mod:`modelhost.serving.breaker`)."""
         self.tracer = tracer if tracer is not None else Tracer()
         self.observers: list[InferenceObserver] = list(observers or [])
         self.access = access
@@ -198,6 +193,8 @@ class DataPlane:
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
         self.router = Router(manager)
+        self.cache: ResponseCache | None = None
+        """Answers repeated requests (set by the composition root when caching is on)."""
         self.shadow: ShadowSink | None = None
         """Runs shadow versions on copies of answered requests (set by the rollouts
         component); None: shadows named by a deployment are not run."""
@@ -248,9 +245,9 @@ class DataPlane:
                 param="inputs",
             )
         for index, item in enumerate(request.inputs):
-            _check(dep.input_validator, item, f"inputs[{index}]")
+            check_value(dep.input_validator, item, f"inputs[{index}]")
         parameters = {**info.manifest.parameters, **request.parameters}
-        _check(dep.parameters_validator, parameters, "parameters")
+        check_value(dep.parameters_validator, parameters, "parameters")
         return parameters
 
     def timeout(self, info: VersionInfo) -> float:
@@ -289,19 +286,109 @@ class DataPlane:
             if route is None:
                 route = await self.route(request)
             info = route.info
+            self.breakers.admit(info)
             dep, parameters = self.admit(info, request)
+            if info.manifest.runtime is RuntimeKind.CASCADE:
+                return await run_cascade(self, request, info, started)
             principal, inputs, guards = await self._secure(request, info)
+            lookup = await self._lookup(request, info, inputs, parameters, principal)
+            if lookup is not None and lookup.results is not None:
+                return await self._answer_cached(request, dep, lookup, principal, started, route)
             tick = time.perf_counter()
             prediction = await self.predict(dep, inputs, parameters)
             compute = time.perf_counter() - tick
+            self.breakers.succeeded(info)
             response = await self._respond(
                 request, dep, prediction, principal, guards, started, compute, route
             )
-        except BaseException as exc:  # counted, then raised unchanged
+            await self._keep(lookup, response)
+        except BaseException as exc:  # counted, then raised unchanged or answered by a fallback
             self._failed(request, info, exc, started)
-            raise
+            if info is None or not isinstance(exc, Exception):
+                raise
+            self.breakers.failed(info, exc)
+            return await fall_back(self.infer, request, info, exc)
         self._shadow(route, request, inputs, parameters, response.results, compute)
         return response
+
+    async def _lookup(
+        self,
+        request: InferenceRequest,
+        info: VersionInfo,
+        inputs: list[Any],
+        parameters: dict[str, Any],
+        principal: Principal | None,
+    ) -> CacheLookup | None:
+        """Ask the response cache (None: there is none, or the request is a replay, which
+        must run the model to be a replay)."""
+        if self.cache is None or request.replay_of is not None:
+            return None
+        tenant = (principal or request.principal or ANONYMOUS).tenant
+        lookup = await self.cache.lookup(info, tenant, inputs, parameters, bypass=request.no_cache)
+        self.metrics.cache_requests.labels(
+            info.model, info.version, lookup.kind, lookup.state.value
+        ).inc()
+        return lookup
+
+    async def _keep(self, lookup: CacheLookup | None, response: InferenceResponse) -> None:
+        """Say what the cache did on the response, and store a miss's answer."""
+        if lookup is None or self.cache is None:
+            return
+        response.cache = lookup.state.value
+        if lookup.key is not None:
+            await self.cache.store(lookup, response.results, response.usage)
+
+    async def _answer_cached(
+        self,
+        request: InferenceRequest,
+        dep: Deployment,
+        lookup: CacheLookup,
+        principal: Principal | None,
+        started: float,
+        route: Route,
+    ) -> InferenceResponse:
+        """The response of a cache hit: no runtime call and nothing charged but the request
+        itself. The usage keeps the answer's token counts (as OpenAI's cached prompts do), at
+        cost 0, and says what the hit saved."""
+        await asyncio.sleep(0)  # a hit never waits on I/O: let other tasks run between hits
+        served = dep.info
+        cached = lookup.usage or {}
+        charged = Usage()
+        if cached.get("cost") is not None:
+            charged.cost, charged.currency = 0.0, cached.get("currency")
+        await self._charge(principal, served, charged, len(request.inputs))
+        usage = Usage(
+            input_tokens=int(cached.get("input_tokens", 0)),
+            output_tokens=int(cached.get("output_tokens", 0)),
+            cost=charged.cost,
+            currency=charged.currency,
+            saved=float(cached["cost"]) if cached.get("cost") is not None else None,
+        )
+        self.metrics.deployment(served.model, served.version, request.protocol).answered(
+            time.perf_counter() - started
+        )
+        results = lookup.results or []
+        if self.observers:
+            decisions = {
+                **request.decisions,
+                "route": route.decision(),
+                "cache": f"{lookup.kind}:hit",
+            }
+            self._emit(
+                InferenceEvent.ended(
+                    request, served, started, results=results, usage=usage, decisions=decisions
+                )
+            )
+        return InferenceResponse(
+            id=new_id("pred"),
+            model=served.model,
+            version=served.version,
+            created=int(time.time()),
+            results=results,
+            usage=usage,
+            cache=CacheState.HIT.value,
+            decisions=request.decisions,
+        )
 
     def _shadow(
         self,
@@ -346,7 +433,9 @@ class DataPlane:
                     results=results,
                     usage=prediction.usage,
                     timings={"inference": compute},
-                    decisions={"route": route.decision()} if route is not None else {},
+                    decisions={**request.decisions, "route": route.decision()}
+                    if route is not None
+                    else dict(request.decisions),
                 )
             )
         return InferenceResponse(
@@ -357,6 +446,7 @@ class DataPlane:
             results=results,
             usage=prediction.usage,
             guards=guards,
+            decisions=request.decisions,
         )
 
     async def infer_many(
@@ -388,7 +478,7 @@ class DataPlane:
         started = time.perf_counter()
         outcomes: list[InferenceResponse | Exception | None] = [None] * len(requests)
         groups: dict[tuple[int, bytes | int], list[_Admitted]] = {}
-        solos: list[int] = []
+        lanes: dict[str, list[int]] = {"solo": [], "whole": []}
 
         async def admit(index: int, request: InferenceRequest) -> None:
             info: VersionInfo | None = None
@@ -400,10 +490,9 @@ class DataPlane:
                 route = await self.route(request)
                 info = route.info
                 dep, parameters = self.admit(info, request)
-                runtime = dep.runtime
-                assert runtime is not None
-                if on_chunk is not None and runtime.supports_streaming and len(request.inputs) == 1:
-                    solos.append(index)
+                lane = self._lane(dep, request, chunked=on_chunk is not None)
+                if lane is not None:
+                    lanes[lane].append(index)
                     return
                 principal, inputs, guards = await self._secure(request, info)
                 key = parameters_key(parameters)
@@ -469,12 +558,33 @@ class DataPlane:
         await asyncio.gather(*(admit(i, r) for i, r in enumerate(requests)))
         await asyncio.gather(
             *(run_group(members) for members in groups.values()),
-            *(run_solo(index) for index in solos),
+            *(run_solo(index) for index in lanes["solo"]),
+            *(self._infer_into(outcomes, index, requests[index]) for index in lanes["whole"]),
         )
         return [
             outcome if outcome is not None else RuntimeFailure("the request was not run")
             for outcome in outcomes
         ]
+
+    @staticmethod
+    def _lane(dep: Deployment, request: InferenceRequest, *, chunked: bool) -> str | None:
+        """How :meth:`_infer_many` runs an admitted request: ``whole`` (a cascade, through
+        :meth:`infer`: its stages are requests), ``solo`` (generated chunk by chunk), or None
+        (merged into one runtime call with its group)."""
+        if dep.info.manifest.runtime is RuntimeKind.CASCADE:
+            return "whole"
+        runtime = dep.runtime
+        assert runtime is not None
+        if chunked and runtime.supports_streaming and len(request.inputs) == 1:
+            return "solo"
+        return None
+
+    async def _infer_into(self, outcomes: list[Any], index: int, request: InferenceRequest) -> None:
+        """Run ``request`` alone (a cascade among jobs) and put its outcome at ``index``."""
+        try:
+            outcomes[index] = await self.infer(request)
+        except Exception as exc:  # counted by infer(); this request alone fails
+            outcomes[index] = exc
 
     async def generate(
         self, request: InferenceRequest, on_chunk: Callable[[StreamChunk], Awaitable[None]]

@@ -182,6 +182,16 @@ class ModelManager:
         """The deployment of ``name@version``, if this server knows it."""
         return self._deployments.get(ref)
 
+    def production_runtime(self, name: str) -> Runtime | None:
+        """The loaded runtime of ``name``'s production version on this server, or None (a
+        helper model such as the embeddings one may be absent or still loading)."""
+        model = self._models.get(name)
+        production = model.stage_version(Stage.PRODUCTION) if model is not None else None
+        dep = self._deployments.get(production.ref) if production is not None else None
+        if dep is None or dep.state is not ModelState.READY:
+            return None
+        return dep.runtime
+
     def deployments(self) -> list[Deployment]:
         """Every deployment."""
         return list(self._deployments.values())

@@ -196,6 +196,12 @@ def is_server_error(error: BaseException) -> bool:
     return isinstance(error, Exception) and not isinstance(error, RequestError)
 
 
+def _cached(event: InferenceEvent) -> bool:
+    """Whether a response cache answered (the version did not run: nothing to judge it by)."""
+    decision = event.decisions.get("cache")
+    return isinstance(decision, str) and decision.endswith(":hit")
+
+
 class StatsLedger(InferenceObserver):
     """Counts ended live inferences per version in memory until the next flush takes them."""
 
@@ -205,8 +211,8 @@ class StatsLedger(InferenceObserver):
     def observe(self, event: InferenceEvent) -> None:
         """Count an answered inference with its latency, or a server-side failure."""
         info = event.info
-        if info is None or is_replay(event):
-            return
+        if info is None or is_replay(event) or _cached(event):
+            return  # not live traffic, or not the model's work (a cache answered)
         error = event.error
         if error is not None and not is_server_error(error):
             return  # the caller's mistake, or a caller that went away

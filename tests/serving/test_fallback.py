@@ -1,0 +1,216 @@
+"""Fallbacks and circuit breakers: a version that fails, times out or is unavailable is
+answered for by the next model its manifest names; a caller's error never falls back; a
+version that keeps failing is skipped for its cool-down, and the gauge shows it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from modelhost.app import Services, build_services, close_services
+from modelhost.config import BreakerSettings, Settings
+from modelhost.errors import InvalidInput, ModelNotReady, RuntimeFailure
+from modelhost.manifest import parse_manifest
+from modelhost.monitoring.metrics import Metrics
+from modelhost.registry import Stage, VersionInfo
+from modelhost.serving.breaker import Breakers, CircuitState
+from modelhost.serving.dataplane import InferenceRequest
+from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from tests.conftest import write_python_model
+from tests.serving.iris_variants import write_iris_variant
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+class Capture(InferenceObserver):
+    """Keeps every ended inference."""
+
+    def __init__(self) -> None:
+        self.events: list[InferenceEvent] = []
+
+    def observe(self, event: InferenceEvent) -> None:
+        self.events.append(event)
+
+    def of(self, model: str) -> list[InferenceEvent]:
+        return [e for e in self.events if e.info is not None and e.info.model == model]
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest_asyncio.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    settings = Settings(
+        home=tmp_path / "home",
+        demo={"enabled": False},
+        breaker={"failures": 2, "cooldown_s": 30, "half_open_probes": 1},
+    )
+    built = build_services(settings)
+    registry = built.registry
+    versions = [
+        write_iris_variant(tmp_path, "iris-flaky", "1.0.0", fail_every=1, fallbacks=["iris-ok"]),
+        write_iris_variant(tmp_path, "iris-broken", "1.0.0", fail_every=1),
+        write_iris_variant(tmp_path, "iris-ok", "1.0.0"),
+        write_python_model(tmp_path, "echo-slow", fallbacks=["echo-gone", "echo-patient@1.0.0"]),
+        write_python_model(tmp_path, "echo-gone", cls="Broken"),
+        write_python_model(
+            tmp_path,
+            "echo-patient",
+            limits={"max_request_bytes": 2048, "max_batch_items": 4, "timeout_ms": 3000},
+        ),
+    ]
+    for directory in versions:
+        info = registry.push(directory, actor="test")
+        registry.set_stage(info.model, info.version, Stage.PRODUCTION, actor="test")
+    await built.manager.refresh(load=True)
+    await built.manager.wait_loaded()
+    yield built
+    await close_services(built)
+
+
+def _capture(services: Services) -> Capture:
+    capture = Capture()
+    services.plane.observers.append(capture)
+    return capture
+
+
+def _gauge(services: Services, model: str) -> float | None:
+    return services.metrics.registry.get_sample_value(
+        "modelhost_circuit_state", {"model": model, "version": "1.0.0"}
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_failing_version_is_answered_for_by_its_fallback(services: Services) -> None:
+    capture = _capture(services)
+    response = await services.plane.infer(InferenceRequest(model="iris-flaky", inputs=[ROW]))
+    assert (response.model, response.results[0]["label"]) == ("iris-ok", "setosa")
+    fallback = response.as_v1()["fallback"]
+    assert fallback == {
+        "from": "iris-flaky@1.0.0",
+        "reason": "error",  # the model's own code raised
+        "to": "iris-ok",
+        "skipped": [],
+    }
+    (failed,) = capture.of("iris-flaky")
+    assert isinstance(failed.error, RuntimeError)
+    (answered,) = capture.of("iris-ok")
+    assert answered.decisions["fallback"] == fallback  # the provenance record says so
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_skips_an_unavailable_fallback_for_the_next(services: Services) -> None:
+    capture = _capture(services)
+    request = InferenceRequest(
+        model="echo-slow", inputs=[{"text": "hi"}], parameters={"sleep": 0.5}
+    )
+    response = await services.plane.infer(request)
+    assert response.model == "echo-patient"
+    assert response.results == [{"echo": {"text": "hi"}}]
+    assert response.decisions["fallback"]["reason"] == "timeout"
+    assert response.decisions["fallback"]["skipped"] == ["echo-gone"]
+    (gone,) = capture.of("echo-gone")
+    assert isinstance(gone.error, ModelNotReady)
+
+
+@pytest.mark.asyncio
+async def test_a_callers_error_never_falls_back(services: Services) -> None:
+    capture = _capture(services)
+    with pytest.raises(InvalidInput):
+        await services.plane.infer(InferenceRequest(model="iris-flaky", inputs=[[1.0]]))
+    assert capture.of("iris-ok") == []
+
+
+@pytest.mark.asyncio
+async def test_an_open_breaker_skips_the_version_then_probes_it(services: Services) -> None:
+    clock = Clock()
+    services.plane.breakers = Breakers(services.settings.breaker, services.metrics, clock)
+    capture = _capture(services)
+    request = InferenceRequest.for_reference("iris-broken", inputs=[ROW])
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await services.plane.infer(InferenceRequest.for_reference("iris-broken", inputs=[ROW]))
+    assert _gauge(services, "iris-broken") == CircuitState.OPEN
+    with pytest.raises(ModelNotReady) as refused:
+        await services.plane.infer(request)
+    assert refused.value.retry_after == 30
+    failures = [e for e in capture.of("iris-broken") if isinstance(e.error, RuntimeError)]
+    assert len(failures) == 2  # the refused call never reached the model
+
+    clock.now += 31  # cool-down over: one probe goes through, fails, and opens it again
+    with pytest.raises(RuntimeError):
+        await services.plane.infer(InferenceRequest.for_reference("iris-broken", inputs=[ROW]))
+    assert _gauge(services, "iris-broken") == CircuitState.OPEN
+
+
+@pytest.mark.asyncio
+async def test_an_open_breaker_sends_callers_to_the_fallback_at_once(services: Services) -> None:
+    capture = _capture(services)
+    for _ in range(3):
+        response = await services.plane.infer(InferenceRequest(model="iris-flaky", inputs=[ROW]))
+        assert response.model == "iris-ok"
+    assert response.decisions["fallback"]["reason"] == "not_ready"
+    runtime_failures = [e for e in capture.of("iris-flaky") if isinstance(e.error, RuntimeError)]
+    assert len(runtime_failures) == 2
+    assert _gauge(services, "iris-flaky") == CircuitState.OPEN
+
+
+def _fake_info() -> VersionInfo:
+    manifest = parse_manifest({"name": "m", "version": "1.0.0", "runtime": "python"})
+    return VersionInfo(
+        model="m",
+        version="1.0.0",
+        runtime="python",
+        stage=Stage.PRODUCTION,
+        manifest=manifest,
+        files={},
+        size_bytes=0,
+        created_at=datetime.now(UTC),
+        created_by="test",
+    )
+
+
+def test_a_breaker_opens_half_opens_and_closes() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    breakers = Breakers(BreakerSettings(failures=3, cooldown_s=10), metrics, clock)
+    info = _fake_info()
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value(
+            "modelhost_circuit_state", {"model": info.model, "version": info.version}
+        )
+
+    broke = RuntimeFailure("boom")
+    breakers.admit(info)
+    for _ in range(2):
+        breakers.failed(info, broke)
+    breakers.succeeded(info)  # a success in between: the count starts again
+    for _ in range(2):
+        breakers.failed(info, broke)
+    assert breakers.state(info) is CircuitState.CLOSED
+    breakers.failed(info, InvalidInput("the caller's fault"))  # not counted
+    assert breakers.state(info) is CircuitState.CLOSED
+    breakers.failed(info, broke)
+    assert (breakers.state(info), gauge()) == (CircuitState.OPEN, 1)
+    with pytest.raises(ModelNotReady):
+        breakers.admit(info)
+    clock.now += 10.5
+    breakers.admit(info)  # the probe
+    assert (breakers.state(info), gauge()) == (CircuitState.HALF_OPEN, 2)
+    with pytest.raises(ModelNotReady):
+        breakers.admit(info)  # one probe at a time
+    breakers.succeeded(info)
+    assert (breakers.state(info), gauge()) == (CircuitState.CLOSED, 0)
+    breakers.admit(info)
