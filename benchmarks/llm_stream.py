@@ -11,45 +11,16 @@ its full default path: API key, limits, injection screening, output guards on th
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from openai import OpenAI
-from support import bench_key, free_port
+from support import bench_key, free_port, serve_gemma, stop
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-
-
-def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MODELHOST_HOME": str(home),
-        "MODELHOST_DEMO__MODELS": '["gemma-270m"]',
-        "MODELHOST_INFERENCE__THREADS": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelhost.cli", "serve", "--port", str(port), "--grpc-port", "0"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    while proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("modelhost serve exited")
 
 
 def _in_process(llm: Any, tokens: list[int], max_tokens: int) -> tuple[float, int, float]:
@@ -98,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = free_port()
-        proc = _start(home, port)
+        proc = serve_gemma(home, port)
         try:
             client = OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1",
@@ -118,8 +89,7 @@ def main() -> None:
                 rows["in-process"].append(_in_process(llm, tokens, args.max_tokens))
                 rows["http"].append(_http(client, args.max_tokens))
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            stop(proc)
     summary = {}
     for name, runs in rows.items():
         ttft = statistics.median(r[0] for r in runs) * 1000

@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import orjson
-from support import bench_key, free_port
+from support import admin_key, bench_key, free_port, pin_to_cpu0, stop
 
 FLOWER = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 BODY = orjson.dumps({"inputs": [FLOWER]})
@@ -75,14 +74,6 @@ class Run:
     cpu_ms: float
     """Server CPU (user + system) per request in the measured window."""
     errors: int
-
-
-def _pin() -> list[str]:
-    """``taskset -c 0`` for servers when there are two CPUs (this process then takes CPU 1)."""
-    if (os.cpu_count() or 1) < 2 or not Path("/usr/bin/taskset").exists():
-        return []
-    os.sched_setaffinity(0, {1})
-    return ["taskset", "-c", "0"]
 
 
 def _start(home: Path, mode: str, pin: list[str]) -> Server:
@@ -113,14 +104,8 @@ def _start(home: Path, mode: str, pin: list[str]) -> Server:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    _stop(server)
+    stop(server.proc, 60)
     raise RuntimeError("modelhost serve did not get ready")
-
-
-def _stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        server.proc.wait(60)
 
 
 def _cpu_s(pid: int) -> float:
@@ -201,17 +186,6 @@ def _recorder_counts(server: Server, admin: str) -> tuple[float, float]:
     return counts["written"], counts["dropped"]
 
 
-def _admin_key(home: Path) -> str:
-    from modelhost.registry import make_engine
-    from modelhost.security.keys import KeyStore, NewKey
-
-    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
-    spec = NewKey(tenant="bench", principal="metrics", scopes=["admin"], rpm=10**9)
-    secret, _ = KeyStore(engine).create(spec, actor="bench")
-    engine.dispose()
-    return secret
-
-
 def _print(run: Run) -> None:
     print(
         f"recording {run.mode:3}: {run.rps:8.1f} req/s   p50 {run.p50_ms:6.2f} ms   "
@@ -224,7 +198,7 @@ def _rounds(homes: dict[str, Path], keys: dict[str, str], args: argparse.Namespa
     """Fresh server processes every round (a process's own memory layout moves its speed by a
     few per cent, so one long-lived pair would carry one fixed bias), started in alternating
     order."""
-    pin = _pin()
+    pin = pin_to_cpu0()
     runs: list[Run] = []
     for index in range(args.rounds):
         order = ("off", "on") if index % 2 == 0 else ("on", "off")
@@ -238,7 +212,7 @@ def _rounds(homes: dict[str, Path], keys: dict[str, str], args: argparse.Namespa
                     print(f"recorder, last round: {written:.0f} written, {dropped:.0f} dropped")
             finally:
                 for server in servers:
-                    _stop(server)
+                    stop(server.proc, 60)
         else:
             measured = []
             for mode in order:
@@ -246,7 +220,7 @@ def _rounds(homes: dict[str, Path], keys: dict[str, str], args: argparse.Namespa
                 try:
                     measured += asyncio.run(_measure([server], keys, args))
                 finally:
-                    _stop(server)
+                    stop(server.proc, 60)
         for run in measured:
             runs.append(run)
             _print(run)
@@ -290,9 +264,9 @@ def main() -> None:
         keys: dict[str, str] = {}
         for mode, home in homes.items():
             home.mkdir()
-            _stop(_start(home, "off", []))  # the first start builds the iris demo
+            stop(_start(home, "off", []).proc, 60)  # the first start builds the iris demo
             keys[mode] = bench_key(home, "provenance")
-        keys["admin"] = _admin_key(homes["on"])
+        keys["admin"] = admin_key(homes["on"])
         runs = _rounds(homes, keys, args)
     _summary(runs, args)
 

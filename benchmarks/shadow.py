@@ -38,7 +38,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ import aiohttp
 import httpx
 import orjson
 import yaml
-from support import bench_key, free_port
+from support import admin_key, bench_key, free_port, pin_to_cpu0, stop
 
 FLOWER = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 BODY = orjson.dumps({"inputs": [FLOWER]})
@@ -128,14 +127,6 @@ def prepare(root: Path, control: bool = False) -> dict[str, Path]:
     return homes
 
 
-def _pin() -> list[str]:
-    """``taskset -c 0`` for the server when there are two CPUs (this process takes CPU 1)."""
-    if (os.cpu_count() or 1) < 2 or not Path("/usr/bin/taskset").exists():
-        return []
-    os.sched_setaffinity(0, {1})
-    return ["taskset", "-c", "0"]
-
-
 def _start(home: Path, pin: list[str], gate: bool) -> tuple[subprocess.Popen[bytes], str]:
     env = {
         **os.environ,
@@ -163,14 +154,8 @@ def _start(home: Path, pin: list[str], gate: bool) -> tuple[subprocess.Popen[byt
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    _stop(proc)
+    stop(proc, 60)
     raise RuntimeError("the server did not get ready")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
 
 
 async def _drive(url: str, mode: str, key: str, args: argparse.Namespace) -> Run:
@@ -247,7 +232,7 @@ def _round(
 ) -> list[Run]:
     """One round: both servers at once (side by side) or one after the other, in ABBA
     order; fresh processes every round."""
-    pin = _pin()
+    pin = pin_to_cpu0()
     order = MODES if index % 2 == 0 else MODES[::-1]
     if args.mode == "sequential":
         runs = []
@@ -258,7 +243,7 @@ def _round(
                 if mode == "shadow":
                     _report_shadow(url, keys["admin"], runs[-1], args)
             finally:
-                _stop(proc)
+                stop(proc, 60)
         return runs
     started = {mode: _start(homes[mode], pin, args.gate) for mode in order}
     try:
@@ -268,7 +253,7 @@ def _round(
         return runs
     finally:
         for proc, _ in started.values():
-            _stop(proc)
+            stop(proc, 60)
 
 
 def _rounds(homes: dict[str, Path], keys: dict[str, str], args: argparse.Namespace) -> list[Run]:
@@ -309,17 +294,6 @@ def _summary(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"  per round p50 ratio: {p50s}")
 
 
-def _admin_key(home: Path) -> str:
-    from modelhost.registry import make_engine
-    from modelhost.security.keys import KeyStore, NewKey
-
-    engine = make_engine(f"sqlite:///{home / 'modelhost.db'}")
-    spec = NewKey(tenant="bench", principal="metrics", scopes=["admin"], rpm=10**9)
-    secret, _ = KeyStore(engine).create(spec, actor="bench")
-    engine.dispose()
-    return secret
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["side-by-side", "sequential"], default="side-by-side")
@@ -348,7 +322,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         homes = prepare(Path(tmp), args.control)
         keys = {mode: bench_key(home, "shadow") for mode, home in homes.items()}
-        keys["admin"] = _admin_key(homes["shadow"])
+        keys["admin"] = admin_key(homes["shadow"])
         runs = _rounds(homes, keys, args)
     _summary(runs, args)
 

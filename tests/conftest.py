@@ -43,6 +43,14 @@ ECHO_MODULE = textwrap.dedent(
             return [{"echo": item} for item in inputs]
 
 
+    class Chatty(Echo):
+        """Echo that also streams its text word by word."""
+
+        def stream(self, item, parameters):
+            for word in item["text"].split():
+                yield word + " "
+
+
     class Broken:
         """Fails to load, like a model whose files are wrong."""
 

@@ -17,6 +17,7 @@ from modelhost import __version__
 from modelhost.api import batch as batch_api
 from modelhost.api import deployments as deployments_api
 from modelhost.api import errors as api_errors
+from modelhost.api import features as features_api
 from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
@@ -30,6 +31,8 @@ from modelhost.cache.response import build_response_cache
 from modelhost.components import Component
 from modelhost.config import Settings
 from modelhost.errors import ConfigError, Conflict, MissingDependencyError
+from modelhost.features.component import FeaturesComponent, build_features
+from modelhost.featurestore.component import build_feature_store
 from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_master_secret
@@ -81,6 +84,8 @@ class Services:
     feedback: FeedbackStore
     components: list[Component] = field(default_factory=list)
     """Provenance, drift, usage: built by :func:`build_components` once the rest exists."""
+    features: FeaturesComponent | None = None
+    """Tenant pins and overrides of features, conversation sessions (one of ``components``)."""
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -240,11 +245,14 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
 def build_components(services: Services) -> None:
     """Build the subsystems that hang off the data plane and hand the plane their observers."""
     provenance = build_provenance(services)
+    services.features = build_features(services)
     services.components = [
+        services.features,
         provenance,
         build_drift(services),
         build_usage(services),
         build_feedback(services, provenance),
+        build_feature_store(services, provenance),
         build_rollouts(services),
         build_shadow(services),
     ]
@@ -472,6 +480,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.include_router(webhooks_api.build_router(webhook_master_secret(settings)))
+    if services.features is not None:
+        app.include_router(
+            features_api.build_router(
+                services.plane, services.registry, services.features, submitter.submit
+            )
+        )
     for component in services.components:
         for router in component.routers():
             app.include_router(router)

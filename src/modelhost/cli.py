@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelhost import cli_deploy, cli_drift, cli_provenance, cli_usage
+from modelhost import cli_deploy, cli_drift, cli_featurestore, cli_provenance, cli_usage
+from modelhost.cli_features import features_app
 from modelhost.cli_jobs import batch_app, jobs_app
 from modelhost.config import HttpServer, Settings
 from modelhost.errors import MissingDependencyError, ModelhostError
@@ -35,7 +36,8 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(batch_app, name="batch")
-for _module in (cli_provenance, cli_drift, cli_usage, cli_deploy):
+app.add_typer(features_app, name="features")
+for _module in (cli_provenance, cli_drift, cli_usage, cli_deploy, cli_featurestore):
     _module.register(app)
 out = Console()
 err = Console(stderr=True)
@@ -270,6 +272,21 @@ def list_models() -> None:
     out.print(table)
 
 
+def history_table(registry: Registry, model: str) -> Table:
+    """The registry's change history of ``model`` as a table."""
+    table = Table("when", "who", "version", "action", "from", "to")
+    for h in registry.history(model):
+        table.add_row(
+            h.at.strftime("%Y-%m-%d %H:%M:%S"),
+            h.actor,
+            h.version or "",
+            h.action,
+            h.from_value or "",
+            h.to_value or "",
+        )
+    return table
+
+
 @models_app.command("show")
 def show(
     model: Annotated[str, typer.Argument(help="Model name, or name@version.")],
@@ -291,17 +308,7 @@ def show(
         )
     )
     if history:
-        table = Table("when", "who", "version", "action", "from", "to")
-        for h in registry.history(name):
-            table.add_row(
-                h.at.strftime("%Y-%m-%d %H:%M:%S"),
-                h.actor,
-                h.version or "",
-                h.action,
-                h.from_value or "",
-                h.to_value or "",
-            )
-        out.print(table)
+        out.print(history_table(registry, name))
 
 
 @models_app.command("promote")

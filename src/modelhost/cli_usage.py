@@ -17,7 +17,16 @@ from modelhost.cli_jobs import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_NUMBERS = ("requests", "errors", "input_tokens", "output_tokens", "compute_seconds", "cost")
+_NUMBERS = (
+    "requests",
+    "errors",
+    "cache_hits",
+    "input_tokens",
+    "output_tokens",
+    "compute_seconds",
+    "cost",
+    "cost_saved",
+)
 #: Most columns the table takes when standard output is not a terminal.
 _PIPE_WIDTH = 240
 
@@ -35,7 +44,7 @@ def when(value: str | None, now: float) -> str | None:
 
 
 def _cell(name: str, value: Any) -> str:
-    if name == "cost":
+    if name in ("cost", "cost_saved"):
         return f"{float(value):.6f}"
     if name == "compute_seconds":
         return f"{float(value):.3f}"

@@ -8,9 +8,15 @@ in servers and in ``modelhost worker`` processes alike.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from fastapi import APIRouter
 
 from modelhost.serving.observers import InferenceObserver
+
+log = logging.getLogger("modelhost")
 
 
 class Component:
@@ -30,3 +36,36 @@ class Component:
 
     async def stop(self) -> None:
         """Finish background work (flush what is buffered); called before shutdown."""
+
+
+class PeriodicComponent(Component):
+    """A component whose background work is one :meth:`tick` every ``interval`` seconds; a
+    tick that fails is logged and the next one runs on time."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        """One round of the background work."""
+
+    async def start(self) -> None:
+        """Start ticking."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        """Stop ticking (a tick under way is cancelled)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except Exception:  # a database hiccup must not stop the ticks; it is logged
+                log.exception("%s: periodic work failed", type(self).__name__)

@@ -310,6 +310,26 @@ class BreakerSettings(BaseModel):
     opens it again."""
 
 
+class FeatureStoreSettings(BaseModel):
+    """Models that read stored features from Feast (docs/feature-store.md; the
+    ``featurestore`` extra)."""
+
+    online_store: Literal["auto", "repository", "sqlite", "redis"] = "auto"
+    """Feast's online store: ``auto`` uses Redis (``redis_url``) when it is set and the
+    repository's own setting (by default Feast's SQLite file) otherwise; ``repository`` keeps
+    what ``feature_store.yaml`` says; ``sqlite`` and ``redis`` force one."""
+    materialize_interval_s: float = Field(default=0.0, ge=0)
+    """Seconds between incremental materializations (offline → online) of the repositories of
+    loaded models; 0: only ``modelhost featurestore materialize`` loads the online store."""
+    skew_interval_s: float = Field(default=0.0, ge=0)
+    """Seconds between skew checks of loaded models over the last ``skew_window_s``; 0: only
+    ``modelhost featurestore skew`` (or its endpoint) checks."""
+    skew_window_s: float = Field(default=3600.0, gt=0)
+    """Age of the served rows a scheduled skew check looks at."""
+    skew_sample: int = Field(default=200, ge=1, le=100_000)
+    """Most served rows one skew check recomputes offline."""
+
+
 class Settings(BaseSettings):
     """Every setting of modelhost; one nested model per subsystem."""
 
@@ -345,8 +365,11 @@ class Settings(BaseSettings):
     """Exact and semantic response caches."""
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     """Circuit breakers in front of model versions (fallbacks skip an open one)."""
+    feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
+    """Stored features from Feast: online store, materialization and skew schedules."""
     redis_url: str | None = None
-    """Redis for rate-limit counters shared by every replica; memory when none."""
+    """Redis for rate-limit counters shared by every replica (and caches, the job queue and
+    Feast's online store where they are set to use it); memory when none."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry tracing."""
     usage: UsageSettings = Field(default_factory=UsageSettings)

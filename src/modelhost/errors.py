@@ -15,6 +15,7 @@ business.
     │   ├── Forbidden                 a valid credential without the scope the action needs
     │   ├── RateLimited               over a request or token rate (retry_after, limit, reset)
     │   │   └── BudgetExceeded        the principal's cost budget for the period is spent
+    │   ├── FeaturesUnavailable       an entity's stored features are missing or stale (names it)
     │   └── NotFound
     │       ├── ModelNotFound
     │       ├── VersionNotFound
@@ -29,6 +30,7 @@ business.
     │   │   └── GateRefused           a promotion gate failed (golden set, schema compatibility)
     │   └── ArtifactIntegrityError    a stored file no longer matches its sha256
     ├── RuntimeFailure                a runtime failed while loading or predicting
+    │   └── OutputMismatch            an LLM feature's answers missed its output schema, repairs too
     └── MissingDependencyError        an optional extra is not installed (names the extra)
 """
 
@@ -90,6 +92,11 @@ class RateLimited(RequestError):
 
 class BudgetExceeded(RateLimited):
     """The principal's cost budget for the current period is spent."""
+
+
+class FeaturesUnavailable(RequestError):
+    """A request row's entity has no stored features, or they are stale, and the model's
+    policy is to refuse rather than guess (``feature_store.on_missing: reject``)."""
 
 
 class NotFound(RequestError):
@@ -157,6 +164,11 @@ class ArtifactIntegrityError(RegistryError):
 
 class RuntimeFailure(ModelhostError):
     """A runtime failed while loading or predicting, through no fault of the caller."""
+
+
+class OutputMismatch(RuntimeFailure):
+    """A feature's model answered, but never in the output schema, after every repair
+    attempt; the message holds the last validation error."""
 
 
 class MissingDependencyError(ModelhostError):

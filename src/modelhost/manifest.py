@@ -8,12 +8,14 @@ the version; ``evaluation_report.json`` fills ``evaluation`` when the manifest h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import semver
 import yaml
 from jsonschema import Draft202012Validator
@@ -44,6 +46,8 @@ class RuntimeKind(StrEnum):
     EMBEDDINGS = "embeddings"  #: a sentence-transformers embedding model
     PYTHON = "python"  #: a user class named by import path
     CASCADE = "cascade"  #: stages of other models, run by the data plane (no model of its own)
+    OPENAI_UPSTREAM = "openai-upstream"  #: any OpenAI-compatible server, by URL and key
+    FEATURE = "feature"  #: an LLM product feature: prompt + output schema over another model
 
 
 class Task(StrEnum):
@@ -230,6 +234,10 @@ class GoldenGate(BaseModel):
     compared whole); None compares whole results."""
     thresholds: GoldenThresholds
     """What the evaluation must achieve."""
+    match: Literal["exact", "subset"] = "exact"
+    """``exact``: the compared values are equal. ``subset`` (object answers, such as an LLM
+    feature's): every field of ``expected`` is in the answer with an equal value, strings
+    compared without case or surrounding space; other fields of the answer do not matter."""
     parameters: dict[str, Any] = Field(default_factory=dict)
     """Request parameters the golden inputs run with (over the manifest's defaults)."""
     batch_size: int = Field(default=32, gt=0, le=1024)
@@ -334,6 +342,140 @@ class CascadeConfig(BaseModel):
     """The stages, cheapest first."""
 
 
+#: Parameters a feature passes to its model unless the spec says otherwise: greedy decoding,
+#: so the same input gets the same answer (and the answer can be cached).
+DEFAULT_FEATURE_PARAMETERS: dict[str, Any] = {"temperature": 0, "max_tokens": 256}
+
+
+class FeatureExample(BaseModel):
+    """A few-shot example: an input and the answer the model should give."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any]
+    output: Any
+
+
+class ConversationConfig(BaseModel):
+    """A feature that keeps a session: earlier turns go with each call, within a budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    budget_tokens: int = Field(default=1024, gt=0, le=131_072)
+    """Most tokens the history (summary, kept turns, new message) may take."""
+    keep_recent: int = Field(default=4, ge=0, le=64)
+    """Latest turns kept word for word while they fit; older ones are summarised."""
+    summary_tokens: int = Field(default=192, gt=0)
+    """Most tokens the running summary of older turns may take."""
+    ttl_s: int = Field(default=7 * 86_400, gt=0)
+    """A session untouched this long is forgotten."""
+
+
+class FeatureConfig(BaseModel):
+    """The ``feature`` section of a ``runtime: feature`` manifest: how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    """The model that answers: ``name``, ``name@version`` or ``name@alias``."""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """Model parameters (over :data:`DEFAULT_FEATURE_PARAMETERS`)."""
+    instructions: str = Field(default="", max_length=32_000)
+    """The system instructions (trusted text of the feature's author)."""
+    template: str = Field(min_length=1, max_length=32_000)
+    """The sandboxed Jinja2 template of the user message; caller values are fenced data."""
+    examples: list[FeatureExample] = Field(default_factory=list, max_length=32)
+    repair_retries: int = Field(default=2, ge=0, le=5)
+    """Calls made again, with the validation error, when an answer does not match."""
+    constrained: bool = True
+    """Ask the model to constrain decoding to the output schema (``response_format``)."""
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+
+    def model_parameters(self) -> dict[str, Any]:
+        """The parameters sent to the model."""
+        return {**DEFAULT_FEATURE_PARAMETERS, **self.parameters}
+
+    def digest(self) -> str:
+        """sha256 of what shapes the prompt and the call: changes when any of it does."""
+        return hashlib.sha256(
+            orjson.dumps(self.model_dump(), option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+
+    def template_digest(self) -> str:
+        """sha256 of the template and instructions (recorded with every invocation)."""
+        return hashlib.sha256(f"{self.instructions}\x00{self.template}".encode()).hexdigest()
+
+
+class FeatureStoreConfig(BaseModel):
+    """Features a model reads from a Feast feature store (the ``featurestore`` extra).
+
+    A request row carries the entity keys (and request-time values); the data plane fetches
+    the row's stored features from the online store in one call per batch, runs the
+    repository's on-demand transformations, and hands the model the merged row. See
+    :mod:`modelhost.featurestore`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=4096)
+    """The Feast repository (a directory of feature definitions, with or without a
+    ``feature_store.yaml``): absolute, or relative to the model directory it is pushed from."""
+    service: str | None = Field(default=None, min_length=1, max_length=255)
+    """A feature service of that repository; or name the features with ``features``."""
+    features: list[str] = Field(default_factory=list, max_length=1024)
+    """Feature references ``view:feature`` (instead of ``service``)."""
+    entities: list[str] = Field(min_length=1, max_length=16)
+    """Join keys every request row carries (e.g. ``customer_id``)."""
+    max_age_s: float | None = Field(default=None, gt=0)
+    """A stored value older than this is stale and handled as missing; None: never stale."""
+    on_missing: Literal["reject", "default"] = "reject"
+    """A missing entity or a stale or missing value: ``reject`` answers 422 naming the entity;
+    ``default`` uses ``defaults`` (and still 422 for a feature without a default)."""
+    defaults: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    """Value per feature name used by ``on_missing: default``."""
+    skew_threshold: float = Field(default=0.01, ge=0, le=1)
+    """Mismatch rate of a feature (served online vs. recomputed offline) that raises an alert."""
+    skew_tolerance: float = Field(default=1e-6, ge=0)
+    """Relative difference under which two numbers count as equal in the skew check."""
+    alert_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """Where skew alerts go; default: ``monitoring.alert_url``, then ``drift.alert_url``."""
+
+    @model_validator(mode="after")
+    def _check_features(self) -> FeatureStoreConfig:
+        if (self.service is None) == (not self.features):
+            raise ValueError("name either 'service' or 'features' (feature references)")
+        for ref in self.features:
+            if ref.count(":") != 1 or ref.startswith(":") or ref.endswith(":"):
+                raise ValueError(f"feature reference {ref!r} must read 'view:feature'")
+        return self
+
+
+class TrainingSetLineage(BaseModel):
+    """What a version was trained on: written by ``modelhost featurestore training-set``."""
+
+    path: str
+    """Where the training frame (parquet) was written."""
+    sha256: str
+    """Digest of the parquet file."""
+    rows: int
+    columns: list[str]
+    entities_sha256: str
+    """Digest of the entity file (keys, timestamps, labels) the frame was built from."""
+    definitions_sha256: str
+    """Digest of the feature definitions used (views, on-demand views, service)."""
+    feature_service: str | None = None
+    features: list[str] = Field(default_factory=list)
+    created_at: str
+    """When it was built (ISO 8601, UTC)."""
+
+
+class Lineage(BaseModel):
+    """Where a version comes from."""
+
+    training_set: TrainingSetLineage | None = None
+
+
 class ModelManifest(BaseModel):
     """One model version as declared in its ``modelhost.yaml``."""
 
@@ -375,6 +517,14 @@ class ModelManifest(BaseModel):
     """Response caching of this version."""
     cascade: CascadeConfig | None = None
     """The stages of a ``runtime: cascade`` version (required by it, refused elsewhere)."""
+    feature: FeatureConfig | None = None
+    """How a ``runtime: feature`` version runs (required by it, refused elsewhere): see
+    :mod:`modelhost.features`."""
+    feature_store: FeatureStoreConfig | None = None
+    """Stored features this version reads from a Feast repository (see
+    :mod:`modelhost.featurestore`)."""
+    lineage: Lineage = Field(default_factory=Lineage)
+    """What the version was trained on (``modelhost featurestore training-set`` records it)."""
     fallbacks: list[str] = Field(default_factory=list, max_length=8)
     """Models (``name`` or ``name@version``) tried in order when this version times out,
     fails or is unavailable (its circuit breaker open); a caller's error never falls back."""
@@ -383,6 +533,8 @@ class ModelManifest(BaseModel):
     def _check_cascade(self) -> ModelManifest:
         if (self.runtime is RuntimeKind.CASCADE) != (self.cascade is not None):
             raise ValueError("'cascade' is required by 'runtime: cascade' and only by it")
+        if (self.runtime is RuntimeKind.FEATURE) != (self.feature is not None):
+            raise ValueError("'feature' is required by 'runtime: feature' and only by it")
         return self
 
     @field_validator("name")
@@ -461,8 +613,10 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> ModelManifest:
         raise ManifestError(f"{source}: {_describe(exc)}") from None
 
 
-def load_manifest(directory: Path) -> ModelManifest:
-    """Read and validate ``directory/modelhost.yaml``, checking that its artifacts exist.
+def load_manifest(directory: Path, *, artifacts: bool = True) -> ModelManifest:
+    """Read and validate ``directory/modelhost.yaml``, checking that its artifacts exist
+    (unless ``artifacts`` is False: a model directory before training, whose training set is
+    being built).
 
     Raises:
         ManifestError: the file is missing, is not YAML, breaks the schema, or names a file
@@ -476,6 +630,11 @@ def load_manifest(directory: Path) -> ModelManifest:
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from None
     manifest = parse_manifest(data, source=str(path))
+    store = manifest.feature_store
+    if store is not None and not Path(store.repo).is_absolute():
+        store.repo = str((directory / store.repo).resolve())
+    if not artifacts:
+        return manifest
     for key, rel in manifest.artifacts.items():
         if not (directory / rel).exists():
             raise ManifestError(

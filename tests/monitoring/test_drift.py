@@ -232,7 +232,11 @@ async def test_shifted_traffic_alerts_once_and_retrains_unshifted_does_not(
     retrained = json.loads((tmp_path / "retrain.json").read_text())
     assert retrained["alert_id"] == evidence["alert_id"]
 
-    await until(lambda: len((monitor.store.alerts("flowers", "1.0.0"))[0]["hooks"]) == 1)
+    def settled() -> bool:  # the hook ran and the retried delivery was logged
+        alert = monitor.store.alerts("flowers", "1.0.0")[0]
+        return len(alert["hooks"]) == 1 and len(alert["deliveries"]) == 2
+
+    await until(settled)
     logged = monitor.store.alerts("flowers", "1.0.0")[0]
     assert [d["status_code"] for d in logged["deliveries"]] == [503, 200]
     assert logged["hooks"][0]["exit_code"] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from modelhost.demo import build_gemma, build_iris, build_minilm
 from modelhost.manifest import load_manifest
 from modelhost.runtimes import Runtime, RuntimeContext, create_runtime
+from tests.upstream_server import UpstreamServer, start_llama_server
 
 
 def load_runtime(directory: Path) -> Runtime:
@@ -44,3 +47,10 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_gemma(tmp_path_factory.mktemp("gemma"))[0]
+
+
+@pytest.fixture(scope="session")
+def llama_upstream(gemma_dir: Path) -> Iterator[UpstreamServer]:
+    """llama-cpp-python's OpenAI-compatible server on the demo Gemma, wanting an API key."""
+    with start_llama_server(gemma_dir / "model.gguf", api_key=secrets.token_hex(8)) as server:
+        yield server

@@ -18,24 +18,11 @@ from modelhost.manifest import CascadeStage, parse_manifest
 from modelhost.registry import Stage
 from modelhost.serving.cascade import escalates
 from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from tests.observing import Capture
 from tests.serving.iris_variants import iris_rows, write_iris_variant
 
 THRESHOLD = 0.9
 BIG_PRICE = 0.01
-
-
-class Capture(InferenceObserver):
-    """Keeps every ended inference."""
-
-    def __init__(self) -> None:
-        self.events: list[InferenceEvent] = []
-
-    def observe(self, event: InferenceEvent) -> None:
-        self.events.append(event)
-
-    def of(self, model: str) -> list[InferenceEvent]:
-        return [e for e in self.events if e.info is not None and e.info.model == model]
 
 
 def write_cascade(root: Path, name: str, stages: list[dict[str, Any]]) -> Path:

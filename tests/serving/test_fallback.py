@@ -18,25 +18,12 @@ from modelhost.manifest import parse_manifest
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
 from modelhost.serving.breaker import Breakers, CircuitState
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 from tests.conftest import write_python_model
+from tests.observing import Capture
 from tests.serving.iris_variants import write_iris_variant
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-class Capture(InferenceObserver):
-    """Keeps every ended inference."""
-
-    def __init__(self) -> None:
-        self.events: list[InferenceEvent] = []
-
-    def observe(self, event: InferenceEvent) -> None:
-        self.events.append(event)
-
-    def of(self, model: str) -> list[InferenceEvent]:
-        return [e for e in self.events if e.info is not None and e.info.model == model]
 
 
 class Clock:
@@ -69,6 +56,8 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
             "echo-patient",
             limits={"max_request_bytes": 2048, "max_batch_items": 4, "timeout_ms": 3000},
         ),
+        write_python_model(tmp_path, "chat-down", cls="Broken", fallbacks=["chat-up"]),
+        write_python_model(tmp_path, "chat-up", cls="Chatty"),
     ]
     for directory in versions:
         info = registry.push(directory, actor="test")
@@ -164,6 +153,49 @@ async def test_an_open_breaker_sends_callers_to_the_fallback_at_once(services: S
     runtime_failures = [e for e in capture.of("iris-flaky") if isinstance(e.error, RuntimeError)]
     assert len(runtime_failures) == 2
     assert _gauge(services, "iris-flaky") == CircuitState.OPEN
+
+
+@pytest.mark.asyncio
+async def test_jobs_batched_together_fall_back_too(services: Services) -> None:
+    requests = [
+        InferenceRequest(model="iris-flaky", inputs=[ROW], request_id="j1"),
+        InferenceRequest(model="iris-flaky", inputs=[ROW, ROW], request_id="j2"),
+        InferenceRequest(model="iris-ok", inputs=[ROW], request_id="j3"),
+        InferenceRequest(model="iris-flaky", inputs=[[1.0]], request_id="j4"),  # caller's error
+    ]
+    outcomes = await services.plane.infer_many(requests)
+    first, second, third, fourth = outcomes
+    assert isinstance(first, InferenceResponse)
+    assert isinstance(second, InferenceResponse)
+    assert (first.model, second.model) == ("iris-ok", "iris-ok")
+    assert len(second.results) == 2
+    assert first.decisions["fallback"]["from"] == "iris-flaky@1.0.0"
+    assert isinstance(third, InferenceResponse)
+    assert "fallback" not in third.decisions
+    assert isinstance(fourth, InvalidInput)
+    # the two flaky jobs were one merged runtime call: one failure against the breaker
+    assert _gauge(services, "iris-flaky") == CircuitState.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_a_stream_falls_back_before_its_first_chunk(services: Services) -> None:
+    capture = _capture(services)
+    info, chunks = await services.plane.stream(
+        InferenceRequest(model="chat-down", inputs=[{"text": "one two three"}])
+    )
+    assert info.model == "chat-up"
+    text = "".join([chunk.text async for chunk in chunks])
+    assert text == "one two three "
+    (answered,) = capture.of("chat-up")
+    assert answered.streamed
+    assert answered.decisions["fallback"]["from"] == "chat-down@1.0.0"
+    assert answered.decisions["fallback"]["reason"] == "not_ready"
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_cannot_stream_is_the_callers_error(services: Services) -> None:
+    with pytest.raises(InvalidInput, match="does not stream"):
+        await services.plane.stream(InferenceRequest(model="iris-ok", inputs=[ROW]))
 
 
 def _fake_info() -> VersionInfo:

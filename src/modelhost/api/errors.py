@@ -19,6 +19,7 @@ from modelhost.errors import (
     BudgetExceeded,
     ConfigError,
     Conflict,
+    FeaturesUnavailable,
     Forbidden,
     GateRefused,
     InferenceTimeout,
@@ -26,6 +27,7 @@ from modelhost.errors import (
     ModelhostError,
     ModelNotReady,
     NotFound,
+    OutputMismatch,
     PayloadTooLarge,
     RateLimited,
     RegistryError,
@@ -38,6 +40,7 @@ from modelhost.security.guards import ContentBlocked
 #: (status, type) per error class; the first match along the MRO wins.
 _STATUS: dict[type[ModelhostError], tuple[int, str]] = {
     ContentBlocked: (422, "content_blocked"),
+    FeaturesUnavailable: (422, "features_unavailable"),
     Unauthenticated: (401, "authentication_error"),
     Forbidden: (403, "permission_error"),
     BudgetExceeded: (429, "budget_exceeded"),
@@ -49,6 +52,7 @@ _STATUS: dict[type[ModelhostError], tuple[int, str]] = {
     ModelNotReady: (503, "model_not_ready"),
     InferenceTimeout: (504, "timeout_error"),
     ServiceError: (503, "service_unavailable"),
+    OutputMismatch: (503, "output_mismatch"),
     GateRefused: (409, "gate_refused"),
     Conflict: (409, "conflict_error"),
     ConfigError: (400, "invalid_request_error"),

@@ -274,6 +274,9 @@ class OpenAIRoutes:
         )
 
     def _answer(self, body: dict[str, Any], response: InferenceResponse) -> Response:
+        """The JSON answer; a cascade's or fallback's decision rides along as an extra field
+        (the SDK keeps it in ``model_extra``)."""
+        body.update(response.decisions)
         return json_response(body, headers=answer_headers(response))
 
     async def chat(self, request: Request) -> Response:

@@ -128,7 +128,7 @@ def merged_parameters(info: VersionInfo, parameters: dict[str, Any]) -> dict[str
     return {**info.manifest.parameters, **parameters}
 
 
-def _greedy(parameters: dict[str, Any]) -> bool:
+def greedy(parameters: dict[str, Any]) -> bool:
     """True when generation at these parameters decodes greedily (temperature exactly 0).
 
     A missing or null temperature leaves the runtime's default (0.8 in llama.cpp): sampled.
@@ -144,15 +144,19 @@ def deterministic(info: VersionInfo, parameters: dict[str, Any]) -> bool:
     caching it is safe.
 
     A language model (task ``generation`` or the llama.cpp runtime) is deterministic only at
-    temperature 0, whatever its manifest declares; otherwise ``cache.exact: false`` caches
+    temperature 0, whatever its manifest declares; an LLM feature when its model parameters
+    are greedy and it keeps no conversation; otherwise ``cache.exact: false`` caches
     nothing, ``true`` caches every request, and by default the task decides.
     """
     manifest = info.manifest
     declared = manifest.cache.exact
     if declared is False:
         return False
+    if manifest.runtime is RuntimeKind.FEATURE and manifest.feature is not None:
+        feature = manifest.feature  # its runner asks only for greedy calls outside a session
+        return greedy(feature.model_parameters()) and not feature.conversation.enabled
     if manifest.task is Task.GENERATION or manifest.runtime is RuntimeKind.LLAMACPP:
-        return _greedy(merged_parameters(info, parameters))
+        return greedy(merged_parameters(info, parameters))
     return declared is True or manifest.task in _DETERMINISTIC_TASKS
 
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelhost.config import Settings
 from modelhost.errors import ConfigError, MissingDependencyError, ServiceError
@@ -299,12 +299,12 @@ class RedisStore(CacheStore):
     async def get(self, key: str) -> bytes | None:
         """The live value under ``key``, or None."""
         try:
-            value = await self._redis.get(self._key(key))
+            value: Any = await self._redis.get(self._key(key))
         except self._error as exc:
             raise _unavailable(exc) from exc
         if isinstance(value, str):  # only when the client decodes responses, which ours does not
             return value.encode()
-        return value
+        return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         """Keep ``value`` for ``ttl_s`` seconds (at least one millisecond)."""

@@ -539,16 +539,19 @@ class RedisQueue(SqlQueue):
     def _trim(self, stream: str) -> None:
         """Drop entries older than both the group's oldest pending entry and its last
         delivered one: every such entry was delivered and acknowledged."""
-        groups = [g for g in self.redis.xinfo_groups(stream) if g["name"] == self.group]
+        # typed Any: redis-py's annotations of these replies differ between its versions
+        info: Any = self.redis.xinfo_groups(stream)
+        groups = [g for g in info if g["name"] == self.group]
         if not groups:
             return
         floor = str(groups[0]["last-delivered-id"])
-        pending = self.redis.xpending(stream, self.group)
+        pending: Any = self.redis.xpending(stream, self.group)
         if pending["pending"]:
             floor = min(floor, str(pending["min"]), key=_entry_order)
         if floor != "0-0":
             self.redis.xtrim(stream, minid=floor, approximate=False)
-        for consumer in self.redis.xinfo_consumers(stream, self.group):
+        consumers: Any = self.redis.xinfo_consumers(stream, self.group)
+        for consumer in consumers:
             if not consumer["pending"] and consumer["idle"] > _DEAD_CONSUMER_MS:
                 self.redis.xgroup_delconsumer(stream, self.group, consumer["name"])
 

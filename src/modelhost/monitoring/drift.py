@@ -119,7 +119,7 @@ class LiveWindows(InferenceObserver):
         info, request = event.info, event.request
         if event.error is not None or info is None or event.results is None:
             return
-        if request.replay_of is not None or request.protocol == "replay":
+        if not request.live:
             return
         window = self.windows.get(info.ref)
         if window is None:
@@ -128,7 +128,8 @@ class LiveWindows(InferenceObserver):
                 return
             size = config.window or self.settings.window
             window = self.windows[info.ref] = LiveWindow(info, deque(maxlen=size))
-        window.add(event.started_at, request.inputs)
+        rows = request.stored.rows if request.stored is not None else request.inputs
+        window.add(event.started_at, rows)
 
 
 class DriftMonitor(Component):

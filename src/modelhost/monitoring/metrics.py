@@ -27,6 +27,12 @@ Name                                        Type       Labels
 ``modelhost_cache_requests_total``          counter    model, version, kind, outcome
 ``modelhost_circuit_state``                 gauge      model, version (0 closed, 1 open,
                                                        2 half-open)
+``modelhost_feature_age_seconds``           histogram  model, version, view
+``modelhost_feature_fetch_seconds``         histogram  model, version
+``modelhost_feature_missing_total``         counter    model, version, outcome (defaulted,
+                                                       rejected)
+``modelhost_feature_skew_ratio``            gauge      model, version, feature
+``modelhost_feature_materialized_timestamp`` gauge     repository
 ==========================================  =========  =====================================
 
 ``outcome`` is ``ok`` or the kind of error (see :func:`outcome_of`); ``protocol`` is the one a
@@ -206,7 +212,7 @@ class _Recorder(InferenceObserver):
         request, info = event.request, event.info
         model, version = (info.model, info.version) if info is not None else (UNKNOWN, UNKNOWN)
         usage = event.usage
-        live = request.replay_of is None and request.protocol != "replay"
+        live = request.live
         if usage is not None and live:
             children = self._metrics.usage(model, version, usage.currency)
             if usage.input_tokens:
@@ -330,6 +336,54 @@ class Metrics:
             "Requests the response cache was asked about, by outcome: hit (answered from the "
             "cache), miss (stored), bypass (not cacheable, or the caller sent no-cache).",
             ["model", "version", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.feature_age = Histogram(
+            "modelhost_feature_age_seconds",
+            "Age of the oldest stored feature value a request read, per feature view: how "
+            "fresh the online store is (materialization lag).",
+            ["model", "version", "view"],
+            buckets=(
+                60,
+                300,
+                900,
+                3600,
+                3 * 3600,
+                6 * 3600,
+                12 * 3600,
+                86400,
+                2 * 86400,
+                7 * 86400,
+                float("inf"),
+            ),
+            registry=self.registry,
+        )
+        self.feature_fetch = Histogram(
+            "modelhost_feature_fetch_seconds",
+            "Seconds one online feature retrieval took (one call per request, whole batch).",
+            ["model", "version"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.feature_missing = Counter(
+            "modelhost_feature_missing",
+            "Request rows whose entity had missing or stale stored features, by what the "
+            "model's policy did: defaulted or rejected (422).",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.feature_skew = Gauge(
+            "modelhost_feature_skew_ratio",
+            "Share of served rows whose feature value differs from its offline recomputation "
+            "at the same entity and time (last skew check).",
+            ["model", "version", "feature"],
+            registry=self.registry,
+        )
+        self.feature_materialized = Gauge(
+            "modelhost_feature_materialized_timestamp",
+            "When the online store of a feature repository was last materialized (seconds "
+            "since the epoch) by this process.",
+            ["repository"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}

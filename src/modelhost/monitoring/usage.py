@@ -17,7 +17,6 @@ counted. Cost is what the data plane put in the response's ``usage.cost`` (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -29,9 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from modelhost.components import Component
+from modelhost.components import Component, PeriodicComponent
 from modelhost.monitoring.metrics import UNKNOWN
-from modelhost.registry.db import Base
+from modelhost.registry.db import Base, add_missing_columns
 from modelhost.security.keys import ANONYMOUS
 from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
@@ -67,6 +66,10 @@ class UsageRow(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     compute_s: Mapped[float] = mapped_column(Float, default=0.0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Requests the response cache answered (no model call)."""
+    cost_saved: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    """What cache hits and cascades did not cost, under the pricing of the model spared."""
 
 
 @dataclass(slots=True)
@@ -79,6 +82,8 @@ class Totals:
     output_tokens: int = 0
     compute_s: float = 0.0
     cost: float = 0.0
+    cache_hits: int = 0
+    cost_saved: float = 0.0
 
     def add(self, other: Totals) -> None:
         """Add ``other``'s amounts to these."""
@@ -88,6 +93,8 @@ class Totals:
         self.output_tokens += other.output_tokens
         self.compute_s += other.compute_s
         self.cost += other.cost
+        self.cache_hits += other.cache_hits
+        self.cost_saved += other.cost_saved
 
     def as_dict(self) -> dict[str, Any]:
         """The amounts as the API shows them."""
@@ -99,11 +106,13 @@ class Totals:
             "total_tokens": self.input_tokens + self.output_tokens,
             "compute_seconds": round(self.compute_s, 6),
             "cost": round(self.cost, 9),
+            "cache_hits": self.cache_hits,
+            "cost_saved": round(self.cost_saved, 9),
         }
 
 
 _AMOUNTS = tuple(f.name for f in fields(Totals))
-_FLOATS = frozenset({"compute_s", "cost"})
+_FLOATS = frozenset({"compute_s", "cost", "cost_saved"})
 
 #: (hour, tenant, principal, model, version, currency)
 UsageKey = tuple[int, str, str, str, str, str]
@@ -111,7 +120,7 @@ UsageKey = tuple[int, str, str, str, str, str]
 
 def is_replay(event: InferenceEvent) -> bool:
     """True for an inference that replays an earlier one (not live traffic)."""
-    return event.request.replay_of is not None or event.request.protocol == "replay"
+    return not event.request.live
 
 
 class UsageLedger(InferenceObserver):
@@ -147,6 +156,9 @@ class UsageLedger(InferenceObserver):
             totals.input_tokens += usage.input_tokens
             totals.output_tokens += usage.output_tokens
             totals.cost += usage.cost or 0.0
+            totals.cost_saved += usage.saved or 0.0
+        if str(event.decisions.get("cache", "")).endswith(":hit"):
+            totals.cache_hits += 1
         totals.compute_s += event.timings.get("inference", 0.0)
 
     def take(self) -> dict[UsageKey, Totals]:
@@ -204,6 +216,7 @@ class UsageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         Base.metadata.create_all(engine, tables=[Base.metadata.tables[UsageRow.__tablename__]])
+        add_missing_columns(engine, UsageRow.__tablename__)
 
     def add(self, amounts: dict[UsageKey, Totals]) -> None:
         """Add ``amounts`` to their rows (created at zero when missing), in one transaction.
@@ -274,7 +287,7 @@ def _add_generic(session: Session, row: dict[str, Any]) -> None:
         session.flush()
 
 
-class UsageComponent(Component):
+class UsageComponent(PeriodicComponent):
     """The ledger on the data plane, its periodic flush, and ``GET /v1/usage``.
 
     Args:
@@ -283,11 +296,10 @@ class UsageComponent(Component):
     """
 
     def __init__(self, store: UsageStore, interval: float) -> None:
+        super().__init__(interval)
         self.store = store
         self.ledger = UsageLedger()
-        self.interval = interval
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
 
     def observers(self) -> list[InferenceObserver]:
         """The ledger."""
@@ -299,18 +311,13 @@ class UsageComponent(Component):
 
         return [build_router(self)]
 
-    async def start(self) -> None:
-        """Start flushing every ``interval`` seconds."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_forever())
-
     async def stop(self) -> None:
         """Stop the periodic flush and flush what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
+        await self.flush()
+
+    async def tick(self) -> None:
+        """Flush (on failure the amounts stay in the ledger for the next tick)."""
         await self.flush()
 
     async def flush(self) -> int:
@@ -332,14 +339,6 @@ class UsageComponent(Component):
         seconds, up to their flush interval, may not be there yet)."""
         await self.flush()
         return await asyncio.to_thread(self.store.query, query)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception:  # the database may be back next time; the amounts are kept
-                log.exception("flushing usage failed; will retry")
 
 
 def build_usage(services: Services) -> Component:

@@ -355,6 +355,47 @@ def _features(manifest: ModelManifest) -> int:
     return high if isinstance(high, int) and high == low else -1
 
 
+#: v2 datatype of a JSON Schema type, for the column tensors of a feature-store model.
+_COLUMN_TYPES = {"integer": "INT64", "number": "FP64", "string": "BYTES", "boolean": "BOOL"}
+
+
+def _columns_of(manifest: ModelManifest) -> tuple[TensorSpec, ...]:
+    """One [N] tensor per request field of a model that reads stored features (its entity
+    keys and request-time values, from its input schema); empty for other models."""
+    if manifest.feature_store is None:
+        return ()
+    properties = manifest.input_schema.get("properties")
+    if not isinstance(properties, dict):
+        return ()
+    specs = []
+    for name, schema in properties.items():
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        specs.append(TensorSpec(name, _COLUMN_TYPES.get(str(kind), "BYTES"), (-1,)))
+    return tuple(specs)
+
+
+def _column_rows(request: V2Request, sig: Signature) -> list[Any]:
+    """Rows (objects) of the column tensors of a feature-store model's request."""
+    known = {spec.name for spec in sig.inputs}
+    columns: dict[str, list[Any]] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name not in known:
+            raise InvalidInput(
+                f"unknown input {tensor.name!r}; this model's inputs are "
+                f"{', '.join(sorted(known))}",
+                param=f"inputs[{index}].name",
+            )
+        values = tensor.data.ravel().tolist()
+        if tensor.datatype == "BYTES":
+            values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
+        columns[tensor.name] = values
+    sizes = {len(values) for values in columns.values()}
+    if len(sizes) > 1:
+        raise InvalidInput("the input tensors differ in length", param="inputs")
+    count = sizes.pop() if sizes else 0
+    return [{name: values[i] for name, values in columns.items()} for i in range(count)]
+
+
 def _classes(manifest: ModelManifest, runtime_info: dict[str, Any]) -> int:
     labels = manifest.options.get("labels") or runtime_info.get("classes")
     return len(labels) if isinstance(labels, list) and labels else -1
@@ -370,7 +411,7 @@ def signature(info: VersionInfo, runtime_info: dict[str, Any] | None = None) -> 
     manifest, facts = info.manifest, runtime_info or {}
     kind = kind_of(manifest)
     if kind is Kind.TABULAR:
-        inputs = (TensorSpec("input", "FP32", (-1, _features(manifest))),)
+        inputs = _columns_of(manifest) or (TensorSpec("input", "FP32", (-1, _features(manifest))),)
         if manifest.task is Task.REGRESSION:
             return Signature(kind, inputs, (TensorSpec("value", "FP64", (-1,)),))
         fp = float_datatype(info)
@@ -519,12 +560,15 @@ def to_inference_request(
     """
     info = route.info
     sig = signature(info)
-    tensor = _one_input(request, sig)
     _check_outputs(request, sig)
+    if info.manifest.feature_store is not None and sig.kind is Kind.TABULAR:
+        inputs = _column_rows(request, sig)
+    else:
+        inputs = _DECODERS[sig.kind](_one_input(request, sig), sig)
     return InferenceRequest(
         model=info.model,
         version=info.version if route.arm == Arm.PINNED else None,
-        inputs=_DECODERS[sig.kind](tensor, sig),
+        inputs=inputs,
         parameters=model_parameters(request.parameters),
         request_id=request_id,
         body_bytes=request.body_bytes,

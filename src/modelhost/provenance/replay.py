@@ -30,6 +30,7 @@ from modelhost.errors import (
     RateLimited,
     Unauthenticated,
 )
+from modelhost.featurestore.online import stored_of
 from modelhost.provenance.capture import describe_error
 from modelhost.provenance.store import ProvenanceStore, Query, Record
 from modelhost.security.keys import Principal, Scope
@@ -237,6 +238,7 @@ class Replayer:
             protocol="replay",
             principal=who,
             replay_of=record.request_id,
+            stored=stored_of(record.decisions.get("feature_store")),
         )
         started = time.perf_counter()
         result: InferenceResponse | Exception

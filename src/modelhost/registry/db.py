@@ -14,6 +14,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,3 +114,34 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine, table_name: str) -> list[str]:
+    """Add the columns a table's model declares but an older database lacks.
+
+    Tables are created by ``create_all``, which never changes an existing table; a release
+    that adds an amount column (declared ``NOT NULL`` with a server default of zero) brings it
+    to existing databases with this, on start-up. Concurrent starts may race: a column another
+    process added meanwhile is not an error.
+
+    Returns:
+        The names of the columns added.
+    """
+    table = Base.metadata.tables[table_name]
+    present = {c["name"] for c in inspect(engine).get_columns(table_name)}
+    added = []
+    for column in table.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        default = getattr(column.server_default, "arg", None)
+        clause = f" NOT NULL DEFAULT {default}" if default is not None else ""
+        statement = f'ALTER TABLE {table_name} ADD COLUMN "{column.name}" {kind}{clause}'
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(statement))
+        except Exception:  # another process added it first
+            if column.name not in {c["name"] for c in inspect(engine).get_columns(table_name)}:
+                raise
+        added.append(column.name)
+    return added

@@ -234,6 +234,24 @@ def _value(result: Any, name: str | None) -> Any:
     return result
 
 
+def _same(got: Any, expected: Any) -> bool:
+    if isinstance(got, str) and isinstance(expected, str):
+        return got.strip().casefold() == expected.strip().casefold()
+    return bool(got == expected)
+
+
+def matches(got: Any, expected: Any, match: str = "exact") -> bool:
+    """True when an answer matches a golden item's expected value (``match``: see
+    :class:`~modelhost.manifest.GoldenGate`)."""
+    if match != "subset":
+        return bool(got == expected)
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and all(
+            key in got and _same(got[key], value) for key, value in expected.items()
+        )
+    return _same(got, expected)
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -266,7 +284,7 @@ def _tally(golden: GoldenSet, outcomes: Sequence[_Outcome]) -> _Tally:
             tally.unnumbered += 1
         else:
             tally.absolute.append(diff)
-        if outcome.error is None and got == expected:
+        if outcome.error is None and matches(got, expected, golden.gate.match):
             tally.matches += 1
             continue
         tally.errors += outcome.error is not None

@@ -14,6 +14,8 @@ _CLASSES: dict[RuntimeKind, str] = {
     RuntimeKind.EMBEDDINGS: "modelhost.runtimes.embeddings:EmbeddingsRuntime",
     RuntimeKind.PYTHON: "modelhost.runtimes.python:PythonRuntime",
     RuntimeKind.CASCADE: "modelhost.runtimes.cascade:CascadeRuntime",
+    RuntimeKind.OPENAI_UPSTREAM: "modelhost.runtimes.openai_upstream:OpenAIUpstreamRuntime",
+    RuntimeKind.FEATURE: "modelhost.runtimes.feature:FeatureRuntime",
 }
 
 

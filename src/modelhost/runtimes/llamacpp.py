@@ -28,6 +28,23 @@ _ARCH_FORMATS = {
 }
 
 
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gemma has no system role: its own template puts the system text at the start of the
+    first user turn. llama-cpp-python's built-in ``gemma`` format drops system messages
+    instead, so the instructions (and the data preamble of fenced prompts) would never reach
+    the model; fold them in as Gemma's template does."""
+    system = [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    if not system:
+        return messages
+    preamble = "\n\n".join(system)
+    for index, message in enumerate(rest):
+        if message.get("role") == "user":
+            merged = {**message, "content": f"{preamble}\n\n{message.get('content', '')}"}
+            return [*rest[:index], merged, *rest[index + 1 :]]
+    return [{"role": "user", "content": preamble}, *rest]
+
+
 @dataclass(slots=True)
 class _Prompt:
     tokens: list[int]
@@ -38,7 +55,16 @@ class _Prompt:
 class LlamaCppRuntime(Runtime):
     """One llama.cpp context; calls are serialised by a lock (a context is not thread-safe).
 
-    Options: ``n_ctx`` (default 2048), ``n_batch`` (512), ``n_threads`` (the inference share).
+    Options: ``n_ctx`` (default 2048), ``n_batch`` (512), ``n_threads`` (the inference share),
+    ``reuse_prefix`` (false).
+
+    Greedy decoding is only deterministic when the prompt is evaluated the same way every
+    time: llama-cpp-python reuses the cached prefix of the previous prompt and evaluates the
+    rest in a smaller batch, which changes the float sums enough for a 270M model to pick
+    another token a few words in (the same request answered twice gave two texts). So the
+    context is reset before each call, and the same request at temperature 0 gets the same
+    answer (what the exact cache and replays rely on). ``reuse_prefix: true`` trades that for
+    speed on long shared prompts.
     """
 
     supports_streaming = True
@@ -48,6 +74,7 @@ class LlamaCppRuntime(Runtime):
         self._llm: Any = None
         self._formatter: Any = None
         self._lock = threading.Lock()
+        self._reuse_prefix = False
         self.chat_template = FALLBACK_TEMPLATE
 
     def load(self) -> None:
@@ -68,6 +95,7 @@ class LlamaCppRuntime(Runtime):
             verbose=False,
         )
         self._pick_chat_format(Jinja2ChatFormatter)
+        self._reuse_prefix = bool(options.get("reuse_prefix", False))
 
     def _pick_chat_format(self, jinja_formatter: Any) -> None:
         """The manifest's ``chat_format``, else the GGUF template, else one by architecture."""
@@ -90,7 +118,17 @@ class LlamaCppRuntime(Runtime):
 
     # -- prompt building --------------------------------------------------------------------
 
+    def chat_tokens(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+        """The prompt tokens and stop strings of a chat, as the model will see them."""
+        return self._chat_prompt(messages)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of prompt tokens (special tokens included)."""
+        return str(self._llm.detokenize(tokens, special=True).decode("utf-8", "replace"))
+
     def _chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+        if self.chat_template == "builtin:gemma":
+            messages = fold_system(messages)
         if self._formatter is not None:
             rendered = self._formatter(messages=messages)
             tokens = self._llm.tokenize(
@@ -178,6 +216,7 @@ class LlamaCppRuntime(Runtime):
         for item in inputs:
             prompt = self._prompt(item, parameters)
             with self._lock:
+                self._fresh()
                 out = self._llm.create_completion(**self._kwargs(prompt, parameters))
             choice = out["choices"][0]
             results.append({"text": choice["text"], "finish_reason": choice["finish_reason"]})
@@ -198,6 +237,7 @@ class LlamaCppRuntime(Runtime):
         produced = 0
         finish: str | None = None
         with self._lock:
+            self._fresh()
             for chunk in self._llm.create_completion(stream=True, **kwargs):
                 choice = chunk["choices"][0]
                 finish = choice.get("finish_reason") or finish
@@ -209,6 +249,11 @@ class LlamaCppRuntime(Runtime):
             finish_reason=finish or "stop",
             usage=Usage(input_tokens=len(prompt.tokens), output_tokens=produced),
         )
+
+    def _fresh(self) -> None:
+        """Forget the previous prompt (see the class docstring); called under the lock."""
+        if not self._reuse_prefix:
+            self._llm.reset()
 
     def unload(self) -> None:
         """Free the llama.cpp context."""

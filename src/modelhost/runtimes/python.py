@@ -1,8 +1,9 @@
 """A user's own Python class, named by import path in ``entrypoint``.
 
 The class is built with the version directory (``ModelClass(path)``) and needs a
-``predict(inputs, parameters) -> list`` method; ``load()`` and ``unload()`` are optional.
-The version directory is importable, so the code can ship with the model.
+``predict(inputs, parameters) -> list`` method; ``load()`` and ``unload()`` are optional, and
+a ``stream(item, parameters)`` method yielding text pieces makes the version stream. The
+version directory is importable, so the code can ship with the model.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import importlib
 import sys
 import sysconfig
+from collections.abc import Iterator
 from typing import Any
 
 from modelhost.errors import ManifestError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
 
 
 def _installed_prefixes() -> tuple[str, ...]:
@@ -61,6 +63,7 @@ class PythonRuntime(Runtime):
         self._model = cls(self.context.path)
         if hasattr(self._model, "load"):
             self._model.load()
+        self.supports_streaming = callable(getattr(self._model, "stream", None))
 
     def predict(self, inputs: list[Any], parameters: dict[str, Any]) -> Prediction:
         """Whatever the class returns, checked to be one result per input."""
@@ -73,6 +76,20 @@ class PythonRuntime(Runtime):
                 f"{len(inputs)} inputs"
             )
         return Prediction(results=results, usage=Usage(input_tokens=len(inputs)))
+
+    def stream(self, item: Any, parameters: dict[str, Any]) -> Iterator[StreamChunk]:
+        """The class's ``stream`` pieces as chunks; the last one says ``stop`` and counts them
+        as output tokens (or the base refusal when the class has no ``stream``)."""
+        if self._model is None or not self.supports_streaming:
+            yield from super().stream(item, parameters)
+            return
+        produced = 0
+        for piece in self._model.stream(item, parameters):
+            produced += 1
+            yield StreamChunk(text=str(piece))
+        yield StreamChunk(
+            text="", finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=produced)
+        )
 
     def unload(self) -> None:
         """Call the class's ``unload`` if it has one, then drop it."""

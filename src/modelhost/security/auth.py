@@ -127,6 +127,16 @@ def bearer(authorization: str | None) -> str | None:
     return authorization.strip() if authorization.startswith(KEY_PREFIX) else None
 
 
+def _feature_scope(method: str, path: str) -> Scope:
+    """Features: calling and reading need ``predict``; a tenant's pins and overrides need
+    ``features``; pushing a spec needs ``models:write``."""
+    if "/tenant" in path:
+        return Scope.FEATURES
+    if method == "POST" and path.rstrip("/") == "/v1/features":
+        return Scope.MODELS_WRITE
+    return Scope.PREDICT
+
+
 def required_scope(method: str, path: str) -> Scope | None:
     """The scope an HTTP route needs, or None for public routes."""
     if path in PUBLIC_PATHS:
@@ -145,4 +155,6 @@ def required_scope(method: str, path: str) -> Scope | None:
         return Scope.DEPLOY
     if path.startswith("/v1/models/") and path.endswith("/golden"):
         return Scope.MODELS_WRITE
+    if path.startswith("/v1/features"):
+        return _feature_scope(method, path)
     return Scope.PREDICT

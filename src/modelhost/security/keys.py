@@ -38,6 +38,7 @@ class Scope(StrEnum):
     MODELS_WRITE = "models:write"  #: push versions, change stages and aliases
     DEPLOY = "deploy"  #: load, unload, roll out
     PROVENANCE = "provenance"  #: read the tenant's provenance records (payloads included), replay
+    FEATURES = "features"  #: pin and override LLM features for the caller's own tenant
     ADMIN = "admin"  #: everything, including keys, metrics and audit
 
 

@@ -168,9 +168,7 @@ async def run_cascade(
         time.perf_counter() - started
     )
     run.usage.saved = decision["cost_saved"]
-    decisions = {**request.decisions, "cascade": decision}
-    if request.route is not None:
-        decisions["route"] = request.route.decision()
+    decisions = request.noted(request.route, cascade=decision)
     # the stages' own records carry their cost: this one carries only what was saved
     currency = decision.get("currency")
     usage = Usage(cost=0.0 if currency else None, currency=currency, saved=decision["cost_saved"])

@@ -13,18 +13,22 @@ import logging
 import secrets
 import time
 from asyncio import Future
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelhost.errors import (
+    ConfigError,
     InferenceTimeout,
     InvalidInput,
+    MissingDependencyError,
     PayloadTooLarge,
-    RuntimeFailure,
+    ServiceError,
     VersionNotFound,
 )
+from modelhost.features.runner import FeatureRunner
+from modelhost.featurestore.online import OnlineFeatures, Served
 from modelhost.manifest import RuntimeKind
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.monitoring.tracing import Tracer
@@ -37,24 +41,25 @@ from modelhost.serving.batching import (
     AdaptiveBatcher,
     batching_enabled,
     observed_predict,
-    parameters_key,
     settle,
-    split_prediction,
 )
 from modelhost.serving.breaker import Breakers
 from modelhost.serving.caching import CacheLookup, CacheState, ResponseCache
 from modelhost.serving.cascade import run_cascade
 from modelhost.serving.fallback import fall_back
+from modelhost.serving.many import ManyRun
 from modelhost.serving.models import Deployment, ModelManager
 from modelhost.serving.observers import InferenceEvent, InferenceObserver
 from modelhost.serving.router import Route, Router, ShadowSink
+from modelhost.serving.streaming import generate_whole, open_stream
 from modelhost.serving.validation import check_value
 
-_DONE = object()
 #: Span attributes of the guards steps (constants: nothing is built per request).
 _INPUT_GUARDS = {"modelhost.guards": "input"}
 _OUTPUT_GUARDS = {"modelhost.guards": "output"}
 log = logging.getLogger("modelhost.serving")
+#: Protocols of requests that are not live traffic (replays, promotion gates' runs).
+NOT_LIVE = frozenset({"replay", "gate"})
 
 
 @dataclass(slots=True)
@@ -87,6 +92,26 @@ class InferenceRequest:
     decisions: dict[str, Any] = field(default_factory=dict)
     """Set on a child request a cascade or fallback makes (``cascade``, ``fallback``): copied
     into its provenance record and its response; a fallback's request never falls back."""
+    stored: Served | None = None
+    """The stored features its rows got (models with a ``feature_store``): kept with the
+    provenance record, watched by drift; set before the data plane runs by a replay, which
+    reuses the values served then instead of reading the store again."""
+
+    def noted(self, route: Route | None = None, **more: Any) -> dict[str, Any]:
+        """The decisions kept with its provenance record: the request's own, ``route``,
+        ``feature_store`` (the served feature values) and ``more``."""
+        found = {**self.decisions, **more}
+        if route is not None:
+            found["route"] = route.decision()
+        if self.stored is not None:
+            found["feature_store"] = self.stored.record()
+        return found
+
+    @property
+    def live(self) -> bool:
+        """False for a replay or a promotion gate's run: not live traffic, never counted in
+        usage, drift or rollout statistics, never answered from the cache."""
+        return self.replay_of is None and self.protocol not in NOT_LIVE
 
     @classmethod
     def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
@@ -129,20 +154,6 @@ class InferenceResponse:
             body["guards"] = self.guards
         body.update(self.decisions)
         return body
-
-
-@dataclass(slots=True)
-class _Admitted:
-    """A request of :meth:`DataPlane.infer_many` that passed its checks, waiting to run."""
-
-    index: int
-    request: InferenceRequest
-    dep: Deployment
-    parameters: dict[str, Any]
-    principal: Principal | None
-    inputs: list[Any]
-    guards: dict[str, Any]
-    route: Route
 
 
 def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any]) -> None:
@@ -193,12 +204,18 @@ class DataPlane:
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
         self.router = Router(manager)
+        self.features = FeatureRunner()
+        """Runs feature versions (the features component gives it tenant controls and
+        conversation sessions)."""
         self.cache: ResponseCache | None = None
         """Answers repeated requests (set by the composition root when caching is on)."""
+        self.stored_features: OnlineFeatures | None = None
+        """Reads stored features for versions with a ``feature_store`` (set by the
+        composition root)."""
         self.shadow: ShadowSink | None = None
         """Runs shadow versions on copies of answered requests (set by the rollouts
         component); None: shadows named by a deployment are not run."""
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelhost-infer")
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelhost-infer")
 
     async def route(self, request: InferenceRequest) -> Route:
         """The version ``request`` goes to (pin, production or canary) and its shadows; kept on
@@ -269,7 +286,7 @@ class DataPlane:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pool.submit(_work, fn, loop, future)
+        self.pool.submit(_work, fn, loop, future)
         timeout = self.timeout(info)
         timer = loop.call_later(timeout, _expire, future, info.ref, timeout)
         try:
@@ -290,28 +307,31 @@ class DataPlane:
             dep, parameters = self.admit(info, request)
             if info.manifest.runtime is RuntimeKind.CASCADE:
                 return await run_cascade(self, request, info, started)
-            principal, inputs, guards = await self._secure(request, info)
-            lookup = await self._lookup(request, info, inputs, parameters, principal)
+            if info.manifest.runtime is RuntimeKind.FEATURE:
+                return await self.features.run(self, request, info, dep, started)
+            principal, inputs, guards = await self.secure(request, info)
+            inputs = await self.enrich(request, info, inputs)
+            lookup = await self.lookup(request, info, inputs, parameters, principal)
             if lookup is not None and lookup.results is not None:
-                return await self._answer_cached(request, dep, lookup, principal, started, route)
+                return await self.answer_cached(request, dep, lookup, principal, started, route)
             tick = time.perf_counter()
             prediction = await self.predict(dep, inputs, parameters)
             compute = time.perf_counter() - tick
             self.breakers.succeeded(info)
-            response = await self._respond(
+            response = await self.respond(
                 request, dep, prediction, principal, guards, started, compute, route
             )
-            await self._keep(lookup, response)
+            await self.keep(lookup, response)
         except BaseException as exc:  # counted, then raised unchanged or answered by a fallback
-            self._failed(request, info, exc, started)
+            self.failed(request, info, exc, started)
             if info is None or not isinstance(exc, Exception):
                 raise
             self.breakers.failed(info, exc)
             return await fall_back(self.infer, request, info, exc)
-        self._shadow(route, request, inputs, parameters, response.results, compute)
+        self.offer_shadow(route, request, inputs, parameters, response.results, compute)
         return response
 
-    async def _lookup(
+    async def lookup(
         self,
         request: InferenceRequest,
         info: VersionInfo,
@@ -321,7 +341,7 @@ class DataPlane:
     ) -> CacheLookup | None:
         """Ask the response cache (None: there is none, or the request is a replay, which
         must run the model to be a replay)."""
-        if self.cache is None or request.replay_of is not None:
+        if self.cache is None or not request.live:
             return None
         tenant = (principal or request.principal or ANONYMOUS).tenant
         lookup = await self.cache.lookup(info, tenant, inputs, parameters, bypass=request.no_cache)
@@ -330,7 +350,7 @@ class DataPlane:
         ).inc()
         return lookup
 
-    async def _keep(self, lookup: CacheLookup | None, response: InferenceResponse) -> None:
+    async def keep(self, lookup: CacheLookup | None, response: InferenceResponse) -> None:
         """Say what the cache did on the response, and store a miss's answer."""
         if lookup is None or self.cache is None:
             return
@@ -338,7 +358,7 @@ class DataPlane:
         if lookup.key is not None:
             await self.cache.store(lookup, response.results, response.usage)
 
-    async def _answer_cached(
+    async def answer_cached(
         self,
         request: InferenceRequest,
         dep: Deployment,
@@ -356,7 +376,7 @@ class DataPlane:
         charged = Usage()
         if cached.get("cost") is not None:
             charged.cost, charged.currency = 0.0, cached.get("currency")
-        await self._charge(principal, served, charged, len(request.inputs))
+        await self.charge(principal, served, charged, len(request.inputs))
         usage = Usage(
             input_tokens=int(cached.get("input_tokens", 0)),
             output_tokens=int(cached.get("output_tokens", 0)),
@@ -369,12 +389,8 @@ class DataPlane:
         )
         results = lookup.results or []
         if self.observers:
-            decisions = {
-                **request.decisions,
-                "route": route.decision(),
-                "cache": f"{lookup.kind}:hit",
-            }
-            self._emit(
+            decisions = request.noted(route, cache=f"{lookup.kind}:hit")
+            self.emit(
                 InferenceEvent.ended(
                     request, served, started, results=results, usage=usage, decisions=decisions
                 )
@@ -390,7 +406,7 @@ class DataPlane:
             decisions=request.decisions,
         )
 
-    def _shadow(
+    def offer_shadow(
         self,
         route: Route,
         request: InferenceRequest,
@@ -401,10 +417,10 @@ class DataPlane:
     ) -> None:
         """Hand an answered live request to the shadow runner when its route has shadows
         (a replay is not live traffic: it is never shadowed)."""
-        if route.shadows and self.shadow is not None and request.replay_of is None:
+        if route.shadows and self.shadow is not None and request.live:
             self.shadow.offer(route, request, inputs, parameters, results, seconds)
 
-    async def _respond(
+    async def respond(
         self,
         request: InferenceRequest,
         dep: Deployment,
@@ -419,13 +435,13 @@ class DataPlane:
         call), count the answer, build the response."""
         served = dep.info
         results = self._guard_results(served, prediction, guards)
-        self._price(served, prediction.usage, len(request.inputs), compute)
-        await self._charge(principal, served, prediction.usage, len(request.inputs))
+        self.price(served, prediction.usage, len(request.inputs), compute)
+        await self.charge(principal, served, prediction.usage, len(request.inputs))
         self.metrics.deployment(served.model, served.version, request.protocol).answered(
             time.perf_counter() - started
         )
         if self.observers:
-            self._emit(
+            self.emit(
                 InferenceEvent.ended(
                     request,
                     served,
@@ -433,9 +449,7 @@ class DataPlane:
                     results=results,
                     usage=prediction.usage,
                     timings={"inference": compute},
-                    decisions={**request.decisions, "route": route.decision()}
-                    if route is not None
-                    else dict(request.decisions),
+                    decisions=request.noted(route),
                 )
             )
         return InferenceResponse(
@@ -454,162 +468,53 @@ class DataPlane:
         requests: list[InferenceRequest],
         on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
     ) -> list[InferenceResponse | Exception]:
-        """Run several requests (see :meth:`_infer_many`) in one ``jobs`` span."""
-        with self.tracer.span("jobs", {"modelhost.jobs": len(requests)}):
-            return await self._infer_many(requests, on_chunk)
-
-    async def _infer_many(
-        self,
-        requests: list[InferenceRequest],
-        on_chunk: Callable[[int, StreamChunk], Awaitable[None]] | None = None,
-    ) -> list[InferenceResponse | Exception]:
         """Run several requests, each checked on its own, with one runtime call per model
-        version and parameters: the job worker's way to feed queued jobs as one batch.
-
-        Every request passes the same checks as :meth:`infer` (limits, validation, guards,
-        charging, metrics); one that fails gets its own exception and the others go on. With
-        ``on_chunk``, a one-input request to a streaming model is generated chunk by chunk
-        instead (``on_chunk(index, chunk)``), and its result is assembled to match
-        :meth:`infer`'s (``{"text", "finish_reason"}``).
+        version and parameters (see :mod:`modelhost.serving.many`), in one ``jobs`` span.
 
         Returns:
             One outcome per request, in order: its response or its exception.
         """
-        started = time.perf_counter()
-        outcomes: list[InferenceResponse | Exception | None] = [None] * len(requests)
-        groups: dict[tuple[int, bytes | int], list[_Admitted]] = {}
-        lanes: dict[str, list[int]] = {"solo": [], "whole": []}
-
-        async def admit(index: int, request: InferenceRequest) -> None:
-            info: VersionInfo | None = None
-            if request.queued_s is not None:
-                self.tracer.record(
-                    "queue", request.queued_s, {"modelhost.job_id": request.request_id}
-                )
-            try:
-                route = await self.route(request)
-                info = route.info
-                dep, parameters = self.admit(info, request)
-                lane = self._lane(dep, request, chunked=on_chunk is not None)
-                if lane is not None:
-                    lanes[lane].append(index)
-                    return
-                principal, inputs, guards = await self._secure(request, info)
-                key = parameters_key(parameters)
-                member = _Admitted(
-                    index, request, dep, parameters, principal, inputs, guards, route
-                )
-                groups.setdefault((id(dep), key if key is not None else -index - 1), []).append(
-                    member
-                )
-            except Exception as exc:  # this request alone fails; counted
-                self._failed(request, info, exc, started)
-                outcomes[index] = exc
-
-        async def run_group(members: list[_Admitted]) -> None:
-            head = members[0]
-            merged = [item for member in members for item in member.inputs]
-            try:
-                tick = time.perf_counter()
-                prediction = await self.predict(head.dep, merged, head.parameters)
-                compute = time.perf_counter() - tick
-                parts = split_prediction(prediction, [len(m.inputs) for m in members])
-            except Exception as exc:  # the merged call failed: every member fails with it
-                for member in members:
-                    self._failed(member.request, head.dep.info, exc, started)
-                    outcomes[member.index] = exc
-                return
-            for member, part in zip(members, parts, strict=True):
-                try:
-                    share = compute * len(member.inputs) / len(merged)
-                    response = await self._respond(
-                        member.request,
-                        member.dep,
-                        part,
-                        member.principal,
-                        member.guards,
-                        started,
-                        share,
-                        member.route,
-                    )
-                except Exception as exc:  # charging failed (a budget ran out meanwhile)
-                    self._failed(member.request, member.dep.info, exc, started)
-                    outcomes[member.index] = exc
-                    continue
-                outcomes[member.index] = response
-                self._shadow(
-                    member.route,
-                    member.request,
-                    member.inputs,
-                    member.parameters,
-                    response.results,
-                    share,
-                )
-
-        async def run_solo(index: int) -> None:
-            assert on_chunk is not None
-            try:
-                outcomes[index] = await self.generate(
-                    requests[index], lambda chunk: on_chunk(index, chunk)
-                )
-            except Exception as exc:  # counted by stream(); this request alone fails
-                outcomes[index] = exc
-
-        await asyncio.gather(*(admit(i, r) for i, r in enumerate(requests)))
-        await asyncio.gather(
-            *(run_group(members) for members in groups.values()),
-            *(run_solo(index) for index in lanes["solo"]),
-            *(self._infer_into(outcomes, index, requests[index]) for index in lanes["whole"]),
-        )
-        return [
-            outcome if outcome is not None else RuntimeFailure("the request was not run")
-            for outcome in outcomes
-        ]
-
-    @staticmethod
-    def _lane(dep: Deployment, request: InferenceRequest, *, chunked: bool) -> str | None:
-        """How :meth:`_infer_many` runs an admitted request: ``whole`` (a cascade, through
-        :meth:`infer`: its stages are requests), ``solo`` (generated chunk by chunk), or None
-        (merged into one runtime call with its group)."""
-        if dep.info.manifest.runtime is RuntimeKind.CASCADE:
-            return "whole"
-        runtime = dep.runtime
-        assert runtime is not None
-        if chunked and runtime.supports_streaming and len(request.inputs) == 1:
-            return "solo"
-        return None
-
-    async def _infer_into(self, outcomes: list[Any], index: int, request: InferenceRequest) -> None:
-        """Run ``request`` alone (a cascade among jobs) and put its outcome at ``index``."""
-        try:
-            outcomes[index] = await self.infer(request)
-        except Exception as exc:  # counted by infer(); this request alone fails
-            outcomes[index] = exc
+        with self.tracer.span("jobs", {"modelhost.jobs": len(requests)}):
+            return await ManyRun(self, requests, on_chunk).run()
 
     async def generate(
         self, request: InferenceRequest, on_chunk: Callable[[StreamChunk], Awaitable[None]]
     ) -> InferenceResponse:
         """Stream one request's generation to ``on_chunk`` and return the whole answer, shaped
         as :meth:`infer` returns it."""
-        info, chunks = await self.stream(request)
-        pieces: list[str] = []
-        finish: str | None = None
-        usage = Usage()
-        async for chunk in chunks:
-            pieces.append(chunk.text)
-            finish = chunk.finish_reason or finish
-            usage = chunk.usage or usage
-            await on_chunk(chunk)
-        return InferenceResponse(
-            id=new_id("pred"),
-            model=info.model,
-            version=info.version,
-            created=int(time.time()),
-            results=[{"text": "".join(pieces), "finish_reason": finish}],
-            usage=usage,
-        )
+        return await generate_whole(self, request, on_chunk)
 
-    async def _secure(
+    async def enrich(
+        self, request: InferenceRequest, info: VersionInfo, inputs: list[Any]
+    ) -> list[Any]:
+        """The rows the model gets: for a version with a ``feature_store``, the request rows
+        with their stored features (one online read for the whole batch, in the pool; see
+        :mod:`modelhost.featurestore.online`); the inputs unchanged otherwise.
+
+        Raises:
+            FeaturesUnavailable: a row's entity has no fresh features and the policy refuses.
+            ServiceError: the online store cannot be read, or Feast is not installed.
+        """
+        if info.manifest.feature_store is None:
+            return inputs
+        if request.stored is not None:  # a replay: the values served then
+            rows = [{**v, **r} for v, r in zip(request.stored.values, inputs, strict=False)]
+            request.stored.rows = rows
+            return rows
+        online = self.stored_features
+        if online is None:
+            raise ServiceError(f"{info.ref} reads stored features, which are off here")
+        with self.tracer.span("features", {"modelhost.rows": len(inputs)}):
+            try:
+                if not online.ready(info):  # Feast imports and opens the store: seconds
+                    await asyncio.to_thread(online.selection, info)
+                served: Served = await self.run(lambda: online.fetch(info, inputs), info)
+            except (MissingDependencyError, ConfigError) as exc:
+                raise ServiceError(f"{info.ref} reads stored features: {exc}") from None
+        request.stored = served
+        return served.rows
+
+    async def secure(
         self, request: InferenceRequest, info: VersionInfo
     ) -> tuple[Principal | None, list[Any], dict[str, Any]]:
         """Scope, limits and budget; then prompt-injection scoring and fencing (in the pool:
@@ -638,14 +543,14 @@ class DataPlane:
         return results
 
     @staticmethod
-    def _price(info: VersionInfo, usage: Usage, items: int, seconds: float) -> None:
+    def price(info: VersionInfo, usage: Usage, items: int, seconds: float) -> None:
         """Put the call's cost under the version's pricing into its usage (``usage.cost``)."""
         pricing = info.manifest.pricing
         if pricing is not None:
             usage.cost = round(price_of(pricing, usage, items, seconds), 12)
             usage.currency = pricing.currency
 
-    async def _charge(
+    async def charge(
         self, principal: Principal | None, info: VersionInfo, usage: Usage, items: int
     ) -> None:
         if self.access is not None and principal is not None:
@@ -704,7 +609,7 @@ class DataPlane:
         )
         return dep.batcher
 
-    def _failed(
+    def failed(
         self,
         request: InferenceRequest,
         info: VersionInfo | None,
@@ -718,9 +623,9 @@ class DataPlane:
         else:
             self.metrics.failed(None, None, request.protocol, exc)
         if started is not None:
-            self._emit(InferenceEvent.ended(request, info, started, error=exc))
+            self.emit(InferenceEvent.ended(request, info, started, error=exc))
 
-    def _emit(self, event: InferenceEvent) -> None:
+    def emit(self, event: InferenceEvent) -> None:
         """Hand an ended inference to every observer; an observer's failure is only logged."""
         for observer in self.observers:
             try:
@@ -731,108 +636,14 @@ class DataPlane:
     async def stream(
         self, request: InferenceRequest
     ) -> tuple[VersionInfo, AsyncIterator[StreamChunk]]:
-        """Validate now, then stream the first input's generation chunk by chunk.
+        """Validate now, then stream the first input's generation chunk by chunk (see
+        :mod:`modelhost.serving.streaming`).
 
         Errors found before generation starts are raised here, so a transport can still answer
-        with a status code; the iterator is consumed by the transport. Streamed generations
-        are not copied to shadows (a shadow would double the cost of every token).
+        with a status code; the iterator is consumed by the transport.
         """
-        started = time.perf_counter()
-        info: VersionInfo | None = None
-        try:
-            info = (await self.route(request)).info
-            dep, parameters = self.admit(info, request)
-            runtime = dep.runtime
-            assert runtime is not None
-            if not runtime.supports_streaming:
-                raise InvalidInput(f"{dep.ref} does not stream", param="stream")
-            principal, inputs, _ = await self._secure(request, info)
-        except BaseException as exc:  # counted, then raised unchanged
-            self._failed(request, info, exc, started)
-            raise
-        access, served = self.access, dep.info
-
-        def generate() -> Any:
-            produced = runtime.stream(inputs[0], parameters)
-            return access.guard_stream(served, produced)[0] if access is not None else produced
-
-        chunks = self._pump(generate)
-        return served, self._observed(chunks, request, served, started, principal)
-
-    async def _observed(
-        self,
-        chunks: AsyncGenerator[StreamChunk, None],
-        request: InferenceRequest,
-        info: VersionInfo,
-        started: float,
-        principal: Principal | None = None,
-    ) -> AsyncIterator[StreamChunk]:
-        """Pass chunks through; count the stream when it ends (a consumer leaving is
-        ``cancelled``) and charge its tokens."""
-        usage: Usage | None = None
-        pieces: list[str] = []
-        finish: str | None = None
-        opened = time.perf_counter()
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:  # priced before the transport sends it on
-                    self._price(info, chunk.usage, 1, time.perf_counter() - opened)
-                usage = chunk.usage or usage
-                pieces.append(chunk.text)
-                finish = chunk.finish_reason or finish
-                yield chunk
-        except BaseException as exc:  # counted, then raised unchanged
-            self._failed(request, info, exc, started)
-            raise
-        finally:
-            await chunks.aclose()
-        self.metrics.deployment(info.model, info.version, request.protocol).answered(
-            time.perf_counter() - started
-        )
-        generating = time.perf_counter() - opened
-        self.tracer.record("inference", generating, {"modelhost.model": info.ref})
-        if usage is not None:
-            await self._charge(principal, info, usage, 1)
-        if self.observers:
-            result = {"text": "".join(pieces), "finish_reason": finish}
-            self._emit(
-                InferenceEvent.ended(
-                    request,
-                    info,
-                    started,
-                    results=[result],
-                    usage=usage,
-                    streamed=True,
-                    timings={"inference": generating},
-                )
-            )
-
-    async def _pump(self, make: Callable[[], Any]) -> AsyncGenerator[StreamChunk, None]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = False
-
-        def produce() -> None:
-            try:
-                for chunk in make():
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                    if stop:
-                        break
-            except BaseException as exc:  # handed to the consumer, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-
-        future = loop.run_in_executor(self._pool, produce)
-        try:
-            while (item := await queue.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop = True
-            await asyncio.shield(future)
+        return await open_stream(self, request)
 
     def close(self) -> None:
         """Stop the inference pool."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)

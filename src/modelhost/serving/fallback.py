@@ -11,8 +11,9 @@ back, and a fallback's request never falls back again (no chains or loops).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, TypeVar
 
 from modelhost.errors import ModelNotReady
 from modelhost.monitoring.metrics import outcome_of
@@ -20,15 +21,10 @@ from modelhost.registry import VersionInfo
 from modelhost.serving.breaker import counts_against
 
 if TYPE_CHECKING:
-    from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
+    from modelhost.serving.dataplane import InferenceRequest
 
-
-class Infer(Protocol):
-    """Runs one request through the whole path (``DataPlane.infer``)."""
-
-    async def __call__(self, request: InferenceRequest) -> InferenceResponse:
-        """The response to ``request``."""
-        ...
+#: What a call through the request path gives: a response, or an opened stream.
+T = TypeVar("T")
 
 
 def child_request(
@@ -62,9 +58,16 @@ def may_fall_back(request: InferenceRequest, info: VersionInfo, exc: BaseExcepti
 
 
 async def fall_back(
-    infer: Infer, request: InferenceRequest, info: VersionInfo, exc: Exception
-) -> InferenceResponse:
+    call: Callable[[InferenceRequest], Awaitable[T]],
+    request: InferenceRequest,
+    info: VersionInfo,
+    exc: Exception,
+) -> T:
     """Answer ``request`` with the first of ``info``'s fallbacks that answers.
+
+    Args:
+        call: runs a request through the whole path (``DataPlane.infer``, or opening a
+            stream); called with each fallback's child request in turn.
 
     Raises:
         Exception: ``exc`` itself when no fallback applies or every fallback was unavailable;
@@ -81,7 +84,7 @@ async def fall_back(
             "skipped": list(tried),
         }
         try:
-            return await infer(child_request(request, reference, ("fallback", decision)))
+            return await call(child_request(request, reference, ("fallback", decision)))
         except Exception as failed:  # this one cannot answer either: try the next
             if not unavailable(failed):
                 raise

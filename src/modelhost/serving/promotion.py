@@ -55,7 +55,9 @@ from modelhost.registry.gates import (
 )
 from modelhost.registry.golden import GoldenSet, GoldenStore, golden_of
 from modelhost.serving.dataplane import DataPlane, InferenceRequest, new_id
+from modelhost.serving.many import COMPOSITE
 from modelhost.serving.models import Deployment, ModelState
+from modelhost.serving.router import Arm, Route
 
 #: The gates a rollback does not run (the target was production before).
 ROLLBACK_SKIPS = ("golden", "compatibility")
@@ -288,7 +290,10 @@ class Promoter:
 
     def _predictor(self, dep: Deployment) -> Predict:
         """Runs inputs on ``dep`` as a request would: validated, then through the plane (its
-        batcher and timeout), with no observers (gate runs are not live traffic)."""
+        batcher and timeout), with no observers (gate runs are not live traffic). A cascade or
+        feature version runs through the whole request path, pinned to the candidate (its
+        stages or model are other versions); its run is recorded with protocol ``gate``,
+        which usage, drift and rollout statistics leave out."""
         plane = self.plane
 
         async def predict(inputs: list[Any], parameters: dict[str, Any]) -> list[Any]:
@@ -301,6 +306,9 @@ class Promoter:
                 request_id=new_id(GATE_PROTOCOL),
                 protocol=GATE_PROTOCOL,
             )
+            if info.manifest.runtime in COMPOSITE:  # its work is other requests
+                request.route = Route(info, Arm.PINNED)  # the candidate, loaded or not listed
+                return list((await plane.infer(request)).results)
             merged = plane.validate(info, dep, request)
             prediction = await plane.predict(dep, inputs, merged)
             if len(prediction.results) != len(inputs):

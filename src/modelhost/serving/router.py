@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from modelhost.registry import DeploymentSpec, Sticky, VersionInfo, resolve_in
+from modelhost.registry import DeploymentSpec, ModelInfo, Sticky, VersionInfo, resolve_in
 from modelhost.serving.models import ModelState
 
 if TYPE_CHECKING:
@@ -40,6 +40,15 @@ class Arm:
     PRODUCTION = "production"  #: the production version, by the split or alone
     CANARY = "canary"  #: the canary, by the split
     FALLBACK = "fallback"  #: the former production: the split's choice is not loaded here yet
+    TENANT = "tenant"  #: the caller's tenant pinned the model (a feature) to this version
+
+
+class TenantPins(Protocol):
+    """Versions tenants pinned their models to (read from memory on every request)."""
+
+    def pinned(self, tenant: str, model: str) -> str | None:
+        """The version ``tenant`` pinned ``model`` to, if any."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,8 @@ class Router:
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
+        self.pins: TenantPins | None = None
+        """Tenant pins (set by the features component); a version named by the caller wins."""
 
     async def route(self, request: InferenceRequest) -> Route:
         """The version ``request`` goes to, and the shadows that get a copy.
@@ -107,6 +118,10 @@ class Router:
         model = await self.manager.model(request.model)
         if request.version is not None:
             return Route(resolve_in(model, request.version), Arm.PINNED)
+        if self.pins is not None and request.principal is not None:
+            pinned = self.pins.pinned(request.principal.tenant, request.model)
+            if pinned is not None:
+                return await self._tenant_route(model, pinned)
         spec = self.manager.spec(request.model)
         production = resolve_in(model, None)
         chosen, arm = production, Arm.PRODUCTION
@@ -124,6 +139,14 @@ class Router:
             if name != chosen.version and (v := self._version(model.versions, name)) is not None
         )
         return Route(chosen, arm, shadows)
+
+    async def _tenant_route(self, model: ModelInfo, pinned: str) -> Route:
+        """The version a tenant pinned, loaded here first if it is not (a feature version
+        loads in milliseconds: it holds no model of its own)."""
+        info = resolve_in(model, pinned)
+        if not self._ready(info):
+            await self.manager.load(info)
+        return Route(info, Arm.TENANT)
 
     @staticmethod
     def _version(versions: list[VersionInfo], name: str | None) -> VersionInfo | None:
