@@ -42,6 +42,17 @@ pytest.importorskip("feast")
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SKEW_THRESHOLD = 0.05
+LINEAGE = {
+    "path": "/data/train.parquet",
+    "sha256": "ab" * 32,
+    "rows": 600,
+    "columns": ["customer_id", "event_timestamp", "amount", "label", *FEATURES[1:]],
+    "entities_sha256": "cd" * 32,
+    "definitions_sha256": "ef" * 32,
+    "feature_service": "scoring",
+    "features": FEATURES[1:],
+    "created_at": "2026-11-23T00:00:00+00:00",
+}
 
 
 def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -96,6 +107,7 @@ def stack(
         feature_store={"skew_threshold": SKEW_THRESHOLD, "alert_url": receiver.url()},
         artifacts={"model": "model.joblib", "reference": "reference.csv"},
         monitoring={"reference_data": "reference", "min_samples": 10, "check_interval_s": 1},
+        lineage={"training_set": LINEAGE},
     )
     _reference(scorer)
     lenient = write_model(
@@ -367,7 +379,12 @@ def test_describe_says_what_the_version_reads(stack: tuple[Server, Repo, Any]) -
     assert body["request_fields"] == ["amount"]
     assert body["online_store"] == "sqlite"
     assert body["project"] == repo.project
+    assert len(body["definitions_sha256"]) == 64
+    assert body["lineage"]["training_set"] == LINEAGE
     assert plain.status_code == 200
+    with server.client() as client:
+        metadata = client.get("/v1/models/scorer").json()
+    assert metadata["lineage"]["training_set"]["sha256"] == LINEAGE["sha256"]
 
 
 def test_redis_is_the_online_store_when_modelhost_redis_url_is_set(
@@ -376,21 +393,35 @@ def test_redis_is_the_online_store_when_modelhost_redis_url_is_set(
     home = tmp_path_factory.mktemp("fs-redis-home")
     root = tmp_path_factory.mktemp("fs-redis-models")
     env = {"MODELHOST_REDIS_URL": REDIS_URL}
-    repo = _serve(home, root, f"fsr{uuid.uuid4().hex[:8]}", env)
+    repo = write_repo(root, f"fsr{uuid.uuid4().hex[:8]}")
+    _cli(home, "featurestore", "apply", str(repo.path), env=env)
     scorer = write_model(root, repo.path)
     _cli(home, "models", "push", str(scorer), "--stage", "production", env=env)
+    # not materialized by hand: the server's schedule loads the online store
     server = start_server(
         home,
         home / "server.log",
-        env={**env, "MODELHOST_DEMO__ENABLED": "false"},
+        env={
+            **env,
+            "MODELHOST_DEMO__ENABLED": "false",
+            "MODELHOST_FEATURE_STORE__MATERIALIZE_INTERVAL_S": "1",
+        },
         ready_timeout=180,
     )
     try:
         rows = _requests(6)
+        deadline = time.monotonic() + 90
         with server.client() as client:
             answer = client.post("/v1/models/scorer/predict", json={"inputs": rows})
+            while answer.status_code == 422 and time.monotonic() < deadline:
+                time.sleep(0.5)  # not materialized yet: the policy refuses, naming the entity
+                answer = client.post("/v1/models/scorer/predict", json={"inputs": rows})
             described = client.get("/v1/models/scorer/feature-store").json()
         assert answer.status_code == 200, answer.text
+        materialized = _metric(
+            server, "modelhost_feature_materialized_timestamp", {"repository": str(repo.path)}
+        )
+        assert time.time() - 120 < materialized <= time.time()
         assert described["online_store"] == "redis"
         model = joblib.load(scorer / "model.joblib")
         expected = [merged(repo, r["customer_id"], r["amount"]) for r in rows]

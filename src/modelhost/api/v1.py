@@ -194,6 +194,7 @@ def model_metadata(model: ModelInfo, info: VersionInfo, manager: ModelManager) -
         "limits": manifest.limits.model_dump(),
         "model_card": manifest.card.model_dump(),
         "evaluation": manifest.evaluation,
+        "lineage": manifest.lineage.model_dump(exclude_none=True),
         "aliases": model.aliases,
         "stages": {s.value: v.version for s in Stage if (v := model.stage_version(s)) is not None},
         "versions": [version_metadata(v, manager.deployment(v.ref)) for v in model.versions],
