@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import yaml
-from support import bench_key, free_port, pin_to_cpu0, stop
+from support import bench_key, free_port, pin_to_cpu0, serve, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.featurestore.builder import (
@@ -61,28 +61,6 @@ def _plain(scorer: Path) -> Path:
 
 def _cli(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "-m", "modelhost.cli", *args], env=env, check=True)
-
-
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            *pin_to_cpu0(),
-            *(sys.executable, "-m", "modelhost.cli", "serve"),
-            *("--port", str(port), "--grpc-port", "0"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    while proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("modelhost serve exited")
 
 
 def _rows(batch: int, offset: int) -> list[dict[str, Any]]:
@@ -146,7 +124,7 @@ def run(store: str, requests: int) -> list[tuple[str, int, float, float, float, 
             _cli(env, "models", "push", str(directory), "--stage", "production")
         key = bench_key(home, "bench")
         port = free_port()
-        proc = _serve(env, port)
+        proc = serve(env, port, pin_to_cpu0())
         rows: list[tuple[str, int, float, float, float, float]] = []
         try:
             headers = {"Authorization": f"Bearer {key}"}

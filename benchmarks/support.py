@@ -33,17 +33,17 @@ def bench_key(home: Path, principal: str, scopes: list[str] | None = None) -> st
     return secret
 
 
-def serve_gemma(home: Path, port: int) -> subprocess.Popen[bytes]:
-    """``modelhost serve`` in ``home`` with only the ``gemma-270m`` demo model and 2
-    inference threads, once it is ready (its own process group: :func:`stop` ends it)."""
-    env = {
-        **os.environ,
-        "MODELHOST_HOME": str(home),
-        "MODELHOST_DEMO__MODELS": '["gemma-270m"]',
-        "MODELHOST_INFERENCE__THREADS": "2",
-    }
+def serve(
+    env: dict[str, str], port: int, prefix: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``modelhost serve`` on ``port`` with ``env`` (``prefix``: e.g. :func:`pin_to_cpu0`), once
+    it is ready (its own process group: :func:`stop` ends it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelhost.cli", "serve", "--port", str(port), "--grpc-port", "0"],
+        [
+            *(prefix or []),
+            *(sys.executable, "-m", "modelhost.cli", "serve"),
+            *("--port", str(port), "--grpc-port", "0"),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -57,6 +57,18 @@ def serve_gemma(home: Path, port: int) -> subprocess.Popen[bytes]:
             pass
         time.sleep(0.2)
     raise RuntimeError("modelhost serve exited")
+
+
+def serve_gemma(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """``modelhost serve`` in ``home`` with only the ``gemma-270m`` demo model and 2
+    inference threads, once it is ready."""
+    env = {
+        **os.environ,
+        "MODELHOST_HOME": str(home),
+        "MODELHOST_DEMO__MODELS": '["gemma-270m"]',
+        "MODELHOST_INFERENCE__THREADS": "2",
+    }
+    return serve(env, port)
 
 
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 20) -> None:

@@ -483,9 +483,7 @@ def unpin(
     timeout: Timeout = 30.0,
 ) -> None:
     """Let your tenant follow the feature's deployment again."""
-    with Remote(url, api_key, timeout) as remote:
-        body = remote.json("DELETE", f"/v1/features/{feature}/tenant/pin")
-    say(_control_line(body["control"], body["tenant"], feature))
+    _undo(Remote(url, api_key, timeout), feature, "pin")
 
 
 def _read(path: Path) -> str:
@@ -542,8 +540,13 @@ def clear(
     timeout: Timeout = 30.0,
 ) -> None:
     """Drop your tenant's override of a feature (a pin stays)."""
-    with Remote(url, api_key, timeout) as remote:
-        body = remote.json("DELETE", f"/v1/features/{feature}/tenant/override")
+    _undo(Remote(url, api_key, timeout), feature, "override")
+
+
+def _undo(remote: Remote, feature: str, what: str) -> None:
+    """DELETE the tenant's ``pin`` or ``override`` and say what control is left."""
+    with remote:
+        body = remote.json("DELETE", f"/v1/features/{feature}/tenant/{what}")
     say(_control_line(body["control"], body["tenant"], feature))
 
 

@@ -22,6 +22,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -182,7 +183,9 @@ def test_predict_with_entity_keys_answers_as_the_model_on_the_stored_features(
     assert age >= 1
 
 
-def test_oip_v2_sends_one_column_tensor_per_request_field(stack: tuple[Server, Repo, Any]) -> None:
+def test_oip_v2_rest_and_grpc_send_one_column_tensor_per_request_field(
+    stack: tuple[Server, Repo, Any],
+) -> None:
     server, repo, model = stack
     rows = _requests(9)
     client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
@@ -200,6 +203,18 @@ def test_oip_v2_sends_one_column_tensor_per_request_field(stack: tuple[Server, R
     labels = [x.decode() for x in result.as_numpy("label").tolist()]
     assert labels == _expected(model, [merged(repo, r["customer_id"], r["amount"]) for r in rows])
     client.close()
+
+    remote = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    remote.register_plugin(server.triton_auth())
+    columns = [
+        triton_grpc.InferInput("customer_id", [len(rows)], "INT64"),
+        triton_grpc.InferInput("amount", [len(rows)], "FP64"),
+    ]
+    columns[0].set_data_from_numpy(np.asarray([r["customer_id"] for r in rows], dtype=np.int64))
+    columns[1].set_data_from_numpy(np.asarray([r["amount"] for r in rows], dtype=np.float64))
+    over_grpc = remote.infer("scorer", columns)
+    assert [x.decode() for x in over_grpc.as_numpy("label").tolist()] == labels
+    remote.close()
 
 
 def test_a_job_reads_the_stored_features_too(stack: tuple[Server, Repo, Any]) -> None:
