@@ -153,8 +153,8 @@ def training_set_command(
     say(f"{built.rows_in} entity rows in, {len(frame)} out")
     if built.lost:
         say(
-            f"[yellow]{built.lost} entity rows got no row from the offline store[/yellow] (no "
-            "value within a feature view's ttl before their timestamp)"
+            f"warning: {built.lost} entity rows got no row from the offline store (no value "
+            "within a feature view's ttl before their timestamp)"
         )
     if built.missing:
         say(f"{built.missing} rows lacked a stored value (policy {config.on_missing!r} applied)")
@@ -179,7 +179,7 @@ def record_lineage(path: Path, lineage: TrainingSetLineage) -> None:
         kept = [*lines, *block]
     else:
         end = start + 1
-        while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#"):
+        while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t"):
             end += 1
         kept = [*lines[:start], *block, *lines[end:]]
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")

@@ -208,6 +208,13 @@ def _merge(
                 lacking.append(name)
             values[name] = value
         if lacking:
+            # on-demand features were computed from what the store gave, stale values included:
+            # when a stored feature is missing or stale, they are not trusted either
+            lacking += [
+                n
+                for n in chosen.names
+                if n not in lacking and chosen.view_of[n] not in chosen.views
+            ]
             _fill(values, lacking, row, index, config)
             served.defaulted[index] = lacking
         served.values.append(values)

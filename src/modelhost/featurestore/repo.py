@@ -128,12 +128,12 @@ def open_store(
         settings = Settings()
         online_store = online_store or settings.feature_store.online_store
         redis_url = settings.redis_url if redis_url is None else redis_url
-    require_feast()
+    path = Path(repo).resolve()
+    data = repo_config(path, online_store=online_store, redis_url=redis_url)
+    require_feast()  # after the cheap checks: importing Feast takes seconds
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    path = Path(repo).resolve()
-    data = repo_config(path, online_store=online_store, redis_url=redis_url)
     (path / "data").mkdir(exist_ok=True)
     try:
         config = RepoConfig(repo_path=path, **data)
@@ -249,6 +249,35 @@ def _projections(store: FeatureStore, config: FeatureStoreConfig) -> list[tuple[
     return list(grouped.items())
 
 
+def _spec_bytes(spec: Any) -> bytes:
+    """A definition's spec serialized without the ``meta`` (created and updated timestamps)
+    Feast stamps on the data sources inside it: those change on every read of the registry
+    and every apply, the definition does not."""
+    copy = type(spec)()
+    copy.CopyFrom(spec)
+    _drop_meta(copy)
+    return bytes(copy.SerializeToString(deterministic=True))
+
+
+def _drop_meta(message: Any) -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.name == "meta":
+            message.ClearField(field.name)
+        elif field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value.values():
+                    _drop_meta(item)
+        elif field.is_repeated:
+            for item in value:
+                _drop_meta(item)
+        else:
+            _drop_meta(value)
+
+
 def select(store: FeatureStore, config: FeatureStoreConfig) -> Selection:
     """Resolve a model's ``feature_store`` section against the repository's registry.
 
@@ -269,10 +298,10 @@ def select(store: FeatureStore, config: FeatureStoreConfig) -> Selection:
             else:
                 view = store.get_feature_view(name)
                 views.append(name)
-            digest.update(view.to_proto().spec.SerializeToString(deterministic=True))
+            digest.update(_spec_bytes(view.to_proto().spec))
         if config.service is not None:
             service = store.get_feature_service(config.service)
-            digest.update(service.to_proto().spec.SerializeToString(deterministic=True))
+            digest.update(_spec_bytes(service.to_proto().spec))
     except Exception as exc:  # Feast's FeatureServiceNotFoundException and kin
         raise ConfigError(
             f"feature repository {store.repo_path}: {exc} (run 'modelhost featurestore apply "
