@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -71,16 +72,19 @@ def doomed_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 def pending(queue: RedisQueue, band: str = "normal") -> list[str]:
     """Consumers holding the band's pending entries, oldest entry first."""
     stream = f"{queue.prefix}:{band}"
-    entries = queue.redis.xpending_range(stream, queue.group, "-", "+", 100)
+    # typed Any: redis-py's annotations of these replies differ between its versions
+    entries: Any = queue.redis.xpending_range(stream, queue.group, "-", "+", 100)
     return [str(p["consumer"]) for p in entries]
 
 
 def length(queue: RedisQueue, band: str = "normal") -> int:
-    return int(queue.redis.xlen(f"{queue.prefix}:{band}"))
+    count: Any = queue.redis.xlen(f"{queue.prefix}:{band}")
+    return int(count)
 
 
 def delayed(queue: RedisQueue) -> int:
-    return int(queue.redis.zcard(queue.delayed))
+    count: Any = queue.redis.zcard(queue.delayed)
+    return int(count)
 
 
 def ids(jobs: list[Job]) -> list[str]:

@@ -94,13 +94,14 @@ def fill_defaults(frame: pd.DataFrame, config: FeatureStoreConfig, names: tuple[
     return missing
 
 
-def distinct_times(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
-    """The entity frame with rows that share their keys and timestamp made distinct by a
-    microsecond each: Feast's file offline store (0.67) collapses such rows into one
-    (feast-dev/feast#6787), and a batch served at one moment often names an entity twice."""
+def distinct_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """The entity frame with rows that share a timestamp made distinct by a microsecond each:
+    Feast's file offline store (0.67) collapses rows that share one view's join key and the
+    timestamp into one (feast-dev/feast#6787), and a batch served at one moment often names an
+    entity twice (or two entities of one view's key, with different other keys)."""
     import pandas as pd
 
-    repeat = frame.groupby([*keys, TIMESTAMP], sort=False).cumcount()
+    repeat = frame.groupby(TIMESTAMP, sort=False).cumcount()
     if not repeat.any():
         return frame
     shifted = frame.copy()
@@ -138,7 +139,7 @@ def training_set(
     asked = entities.reset_index(drop=True).copy()
     asked[_ROW] = range(len(asked))
     original = asked[TIMESTAMP].copy()
-    query = distinct_times(asked, tuple(config.entities))
+    query = distinct_times(asked)
     frame = store.get_historical_features(entity_df=query, features=chosen.features).to_df()
     frame = frame.sort_values(_ROW).reset_index(drop=True)
     frame[TIMESTAMP] = original.iloc[frame[_ROW].to_numpy()].to_numpy()
@@ -212,7 +213,7 @@ def compare(
             for i, s in enumerate(served)
         ]
     )
-    query = distinct_times(entity_df, tuple(config.entities))
+    query = distinct_times(entity_df)
     frame = store.get_historical_features(entity_df=query, features=chosen.features).to_df()
     fill_defaults(frame, config, chosen.names)
     frame = frame.sort_values(_ROW).set_index(_ROW)

@@ -194,6 +194,7 @@ def _merge(
     for index, row in enumerate(rows):
         values: dict[str, Any] = {}
         lacking: list[str] = []
+        stale = False
         for name in chosen.names:
             value = _plain(data[name][index])
             stamp = data.get(name + _TS)
@@ -204,17 +205,20 @@ def _merge(
                 oldest[view] = max(oldest.get(view, 0.0), age)
                 if config.max_age_s is not None and age > config.max_age_s:
                     value = None
+                    stale = True
             if _missing(value):
                 lacking.append(name)
             values[name] = value
-        if lacking:
-            # on-demand features were computed from what the store gave, stale values included:
-            # when a stored feature is missing or stale, they are not trusted either
+        if stale:
+            # on-demand features were computed from the stale values just dropped: not trusted
+            # either. (A missing stored value was missing for the transformation too, online and
+            # offline alike: what it made of it stands, or is missing itself.)
             lacking += [
                 n
                 for n in chosen.names
                 if n not in lacking and chosen.view_of[n] not in chosen.views
             ]
+        if lacking:
             _fill(values, lacking, row, index, config)
             served.defaulted[index] = lacking
         served.values.append(values)
