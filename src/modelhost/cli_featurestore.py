@@ -25,7 +25,13 @@ from rich.table import Table
 from modelhost.cli_jobs import ApiKey, Remote, Timeout, Url, fail, say
 from modelhost.config import Settings
 from modelhost.errors import ModelhostError
-from modelhost.manifest import MANIFEST_FILE, ModelManifest, TrainingSetLineage, load_manifest
+from modelhost.manifest import (
+    MANIFEST_FILE,
+    FeatureStoreConfig,
+    ModelManifest,
+    TrainingSetLineage,
+    load_manifest,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -68,7 +74,7 @@ def _manifest(model: str, settings: Settings) -> ModelManifest:
         registry.engine.dispose()
 
 
-def _config(manifest: ModelManifest) -> Any:
+def _config(manifest: ModelManifest) -> FeatureStoreConfig:
     if manifest.feature_store is None:
         raise fail(f"{manifest.ref} has no 'feature_store' section in its manifest")
     return manifest.feature_store

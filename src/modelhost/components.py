@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 
@@ -69,3 +70,15 @@ class PeriodicComponent(Component):
                 await self.tick()
             except Exception:  # a database hiccup must not stop the ticks; it is logged
                 log.exception("%s: periodic work failed", type(self).__name__)
+
+
+class Every(PeriodicComponent):
+    """One periodic job of a component that has several (``work`` every ``interval``)."""
+
+    def __init__(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(interval)
+        self.work = work
+
+    async def tick(self) -> None:
+        """Run the job once."""
+        await self.work()

@@ -56,7 +56,7 @@ def build_router(component: FeatureStoreComponent) -> APIRouter:
         config = info.manifest.feature_store
         assert config is not None
         chosen = await asyncio.to_thread(component.online.selection, info)
-        store = component.stores.get(config.repo)
+        store = await asyncio.to_thread(component.stores.get, config.repo)
         body = {
             "object": "feature_store",
             "model": info.model,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from modelhost.components import Component
+from modelhost.components import Component, Every
 from modelhost.errors import InvalidInput
 from modelhost.featurestore.offline import FeatureSkew, ServedRow, compare
 from modelhost.featurestore.online import OnlineFeatures
@@ -160,8 +160,16 @@ class FeatureStoreComponent(Component):
         self.flush = flush
         """Writes buffered provenance records (a skew check reads them)."""
         self.online = OnlineFeatures(stores, metrics)
-        self._tasks: list[asyncio.Task[None]] = []
         self._alerts: set[asyncio.Task[bool]] = set()
+        self._warming: asyncio.Task[None] | None = None
+        self._schedules = [
+            Every(interval, work)
+            for interval, work in (
+                (settings.materialize_interval_s, self._materialize_all),
+                (settings.skew_interval_s, self._skew_all),
+            )
+            if interval > 0
+        ]
 
     def routers(self) -> list[APIRouter]:
         """``/v1/models/{m}/feature-store`` (status), ``…/materialize`` and ``…/skew``."""
@@ -178,9 +186,9 @@ class FeatureStoreComponent(Component):
         ]
 
     async def materialize(self, repo: str, end: datetime | None = None) -> datetime:
-        """Materialize one repository (in a thread: Feast blocks)."""
-        store = self.stores.get(repo)
-        until = await asyncio.to_thread(materialize, store, end)
+        """Materialize one repository (in a thread: Feast blocks, and opening a store the
+        first time takes seconds)."""
+        until = await asyncio.to_thread(lambda: materialize(self.stores.get(repo), end))
         self.metrics.feature_materialized.labels(repo).set(until.timestamp())
         return until
 
@@ -206,7 +214,7 @@ class FeatureStoreComponent(Component):
         )
         report.rows = len(found)
         chosen = await asyncio.to_thread(self.online.selection, info)
-        store = self.stores.get(config.repo)
+        store = await asyncio.to_thread(self.stores.get, config.repo)
         report.features, report.recomputed = await asyncio.to_thread(
             compare, store, config, chosen, found
         )
@@ -242,25 +250,19 @@ class FeatureStoreComponent(Component):
     async def start(self) -> None:
         """Open the stores of the loaded versions in the background (Feast takes seconds to
         import), and start the materialization and skew schedules that are set."""
-        self._tasks.append(asyncio.create_task(self._warm()))
-        if self.settings.materialize_interval_s > 0:
-            self._tasks.append(
-                asyncio.create_task(
-                    self._every(self.settings.materialize_interval_s, self._materialize_all)
-                )
-            )
-        if self.settings.skew_interval_s > 0:
-            self._tasks.append(
-                asyncio.create_task(self._every(self.settings.skew_interval_s, self._skew_all))
-            )
+        self._warming = asyncio.create_task(self._warm())
+        for schedule in self._schedules:
+            await schedule.start()
 
     async def stop(self) -> None:
         """Stop the schedules; give alerts under way a moment."""
-        for task in self._tasks:
-            task.cancel()
+        if self._warming is not None:
+            self._warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+                await self._warming
+            self._warming = None
+        for schedule in self._schedules:
+            await schedule.stop()
         if self._alerts:
             await asyncio.wait(set(self._alerts), timeout=2.0)
 
@@ -271,14 +273,6 @@ class FeatureStoreComponent(Component):
                 await asyncio.to_thread(self.online.selection, info)
             except Exception:  # the first request will say what is wrong; log it now too
                 log.exception("feature store of %s could not be opened", info.ref)
-
-    async def _every(self, interval: float, work: Any) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await work()
-            except Exception:  # a failing store must not stop the schedule; it is logged
-                log.exception("feature store: scheduled work failed")
 
     async def _materialize_all(self) -> None:
         configs = [info.manifest.feature_store for info in self.served_versions()]

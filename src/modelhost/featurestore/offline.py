@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelhost.errors import InvalidInput
+from modelhost.featurestore.online import missing, plain
 from modelhost.featurestore.repo import Selection
 
 if TYPE_CHECKING:
@@ -86,12 +87,12 @@ def fill_defaults(frame: pd.DataFrame, config: FeatureStoreConfig, names: tuple[
     """Fill missing feature values with the declared defaults, as serving does under
     ``on_missing: default``; returns how many rows had a missing value."""
     present = [n for n in names if n in frame.columns]
-    missing = int(frame[present].isna().any(axis=1).sum()) if present else 0
+    lacking = int(frame[present].isna().any(axis=1).sum()) if present else 0
     if config.on_missing == "default":
         for name in present:
             if name in config.defaults:
                 frame[name] = frame[name].fillna(config.defaults[name])
-    return missing
+    return lacking
 
 
 def distinct_times(frame: pd.DataFrame) -> pd.DataFrame:
@@ -144,8 +145,8 @@ def training_set(
     frame = frame.sort_values(_ROW).reset_index(drop=True)
     frame[TIMESTAMP] = original.iloc[frame[_ROW].to_numpy()].to_numpy()
     frame = frame.drop(columns=[_ROW])
-    missing = fill_defaults(frame, config, chosen.names)
-    return TrainingFrame(frame, len(asked), missing)
+    lacking = fill_defaults(frame, config, chosen.names)
+    return TrainingFrame(frame, len(asked), lacking)
 
 
 @dataclass(slots=True)
@@ -175,19 +176,12 @@ class ServedRow:
 def same(served: Any, offline: Any, tolerance: float) -> bool:
     """Whether a served value equals its offline recomputation (numbers within a relative
     ``tolerance``; two missing values are equal)."""
-    served_missing = served is None or (isinstance(served, float) and math.isnan(served))
-    offline_missing = offline is None or (isinstance(offline, float) and math.isnan(offline))
-    if served_missing or offline_missing:
-        return served_missing and offline_missing
+    if missing(served) or missing(offline):
+        return missing(served) and missing(offline)
     numbers = (int, float)
     if isinstance(served, numbers) and isinstance(offline, numbers):
         return math.isclose(float(served), float(offline), rel_tol=tolerance, abs_tol=1e-9)
     return bool(served == offline)
-
-
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
 
 
 def compare(
@@ -225,7 +219,7 @@ def compare(
         for name, skew in found.items():
             if name not in item.values or name not in frame.columns:
                 continue
-            now, then = item.values[name], _plain(offline[name])
+            now, then = item.values[name], plain(offline[name])
             skew.compared += 1
             if same(now, then, config.skew_tolerance):
                 continue

@@ -59,11 +59,12 @@ class Served:
         return found
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
+    """Whether a stored value is absent: None or NaN."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A JSON-ready value (numpy scalars from Feast become Python ones)."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value
@@ -173,7 +174,7 @@ def _entity_rows(
                 param=f"inputs[{index}]",
             )
         for key in wanted:
-            if _missing(row.get(key)):
+            if missing(row.get(key)):
                 raise InvalidInput(
                     f"inputs[{index}] lacks {key!r}, which the stored features need",
                     param=f"inputs[{index}].{key}",
@@ -196,9 +197,9 @@ def _merge(
         lacking: list[str] = []
         stale = False
         for name in chosen.names:
-            value = _plain(data[name][index])
+            value = plain(data[name][index])
             stamp = data.get(name + _TS)
-            seen = float(_plain(stamp[index])) if stamp is not None else 0.0
+            seen = float(plain(stamp[index])) if stamp is not None else 0.0
             if seen > 0:
                 age = max(0.0, at - seen)
                 view = chosen.view_of.get(name, name)
@@ -206,7 +207,7 @@ def _merge(
                 if config.max_age_s is not None and age > config.max_age_s:
                     value = None
                     stale = True
-            if _missing(value):
+            if missing(value):
                 lacking.append(name)
             values[name] = value
         if stale:

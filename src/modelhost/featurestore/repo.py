@@ -238,9 +238,9 @@ class Selection:
     """Feature name → the feature view (or on-demand view) it comes from."""
 
 
-def _projections(store: FeatureStore, config: FeatureStoreConfig) -> list[tuple[str, list[str]]]:
-    if config.service is not None:
-        service = store.get_feature_service(config.service)
+def _projections(service: Any, config: FeatureStoreConfig) -> list[tuple[str, list[str]]]:
+    """(view, features) pairs the model reads: the service's, or the references grouped."""
+    if service is not None:
         return [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections]
     grouped: dict[str, list[str]] = {}
     for ref in config.features:
@@ -285,7 +285,8 @@ def select(store: FeatureStore, config: FeatureStoreConfig) -> Selection:
         ConfigError: the service, a view or a feature is not registered (``apply`` first).
     """
     try:
-        projections = _projections(store, config)
+        service = store.get_feature_service(config.service) if config.service else None
+        projections = _projections(service, config)
         ondemand = {v.name: v for v in store.list_on_demand_feature_views()}
         digest = hashlib.sha256()
         views: list[str] = []
@@ -299,8 +300,7 @@ def select(store: FeatureStore, config: FeatureStoreConfig) -> Selection:
                 view = store.get_feature_view(name)
                 views.append(name)
             digest.update(_spec_bytes(view.to_proto().spec))
-        if config.service is not None:
-            service = store.get_feature_service(config.service)
+        if service is not None:
             digest.update(_spec_bytes(service.to_proto().spec))
     except Exception as exc:  # Feast's FeatureServiceNotFoundException and kin
         raise ConfigError(
@@ -308,11 +308,7 @@ def select(store: FeatureStore, config: FeatureStoreConfig) -> Selection:
             f"{store.repo_path}')"
         ) from None
     names = tuple(feature for _, features in projections for feature in features)
-    features: Any = (
-        store.get_feature_service(config.service)
-        if config.service is not None
-        else list(config.features)
-    )
+    features: Any = service if service is not None else list(config.features)
     view_of = {feature: view for view, features in projections for feature in features}
     return Selection(
         features,
