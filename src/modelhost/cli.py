@@ -412,7 +412,10 @@ def keys_create(
     scope: Annotated[
         list[str] | None,
         typer.Option(
-            help="predict, jobs, models:write, deploy, provenance or admin; repeat for more."
+            help=(
+                "predict, jobs, models:write, deploy, provenance, features or admin (an admin "
+                "of a tenant other than 'system' sees its own tenant only); repeat for more."
+            )
         ),
     ] = None,
     expires_days: Annotated[float | None, typer.Option(help="Expire after N days.")] = None,

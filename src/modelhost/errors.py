@@ -133,6 +133,11 @@ class InferenceTimeout(ServiceError):
     """The runtime did not answer within the model's timeout."""
 
 
+class QueueTimeout(InferenceTimeout):
+    """The call waited in the inference pool for the whole timeout and never started: the
+    server was overloaded, not the model at fault (circuit breakers do not count it)."""
+
+
 class ConfigError(ModelhostError):
     """A setting or a manifest is wrong."""
 

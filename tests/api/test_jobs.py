@@ -195,6 +195,8 @@ def test_cancel_stops_a_running_job_and_the_worker_moves_on(http: httpx.Client) 
         ({"model": "echo", "inputs": [1], "callback_url": "http://10.0.0.7/"}, "callback_url"),
         ({"model": "echo", "inputs": [1], "callback_url": "file:///etc/passwd"}, "callback_url"),
         ({"model": "echo", "inputs": [1], "colour": "red"}, "colour"),
+        ({"model": "ec\x00ho", "inputs": [1]}, "model"),
+        ({"model": "echo", "inputs": [1], "idempotency_key": "k\x00"}, "idempotency_key"),
     ],
 )
 def test_a_wrong_submission_is_refused_with_400(

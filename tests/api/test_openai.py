@@ -173,6 +173,26 @@ def test_models_that_cannot_serve_a_route_are_400(sdk: OpenAI) -> None:
         ({"logprobs": True}, "logprobs", "not supported"),
         ({"frobnicate": 1}, "frobnicate", "unrecognized"),
         ({"response_format": {"type": "yaml"}}, "response_format.type", "'json_schema'"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "not a valid JSON Schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "#"}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "cannot be turned into a decoding grammar",
+        ),
         ({"messages": []}, "messages", "at least 1"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "'assistant'"),
         (

@@ -36,7 +36,8 @@ class Setup:
     server: Server
     keys: dict[str, str]
     """API keys by name: alice (acme: predict, jobs, provenance), reader (acme: provenance),
-    caller (acme: predict), bob (globex: predict, provenance), admin (system: admin)."""
+    caller (acme: predict), bob (globex: predict, provenance), acme-admin (acme: admin),
+    admin (system: admin)."""
 
     def client(self, who: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.keys[who]}"}
@@ -63,6 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "reader": create_key(home, "provenance", tenant="acme", principal="auditor"),
         "caller": create_key(home, "predict", tenant="acme", principal="app"),
         "bob": create_key(home, "predict", "provenance", tenant="globex", principal="bob"),
+        "acme-admin": create_key(home, "admin", tenant="acme", principal="ops"),
     }
     server = start_server(home, home / "server.log", env=ENV)
     keys["admin"] = server.api_key
@@ -220,6 +222,23 @@ def test_a_tenant_sees_only_its_own_records(setup: Setup, alice: httpx.Client) -
         assert record(admin, mine)["tenant"] == "acme"
         assert record(admin, theirs)["tenant"] == "globex"
         assert {r["tenant"] for r in listing(admin, tenant="globex")} == {"globex"}
+
+
+def test_an_admin_of_another_tenant_sees_only_its_own_tenant(
+    setup: Setup, alice: httpx.Client
+) -> None:
+    # issue 16: only the system tenant's administrators see across tenants
+    mine = predict(alice, "echo", [{"text": "acme admin's tenant"}])
+    record(alice, mine)
+    with setup.client("bob") as bob:
+        theirs = predict(bob, "echo", [{"text": "globex secret"}])
+        record(bob, theirs)
+    with setup.client("acme-admin") as ops:
+        assert record(ops, mine)["tenant"] == "acme"
+        assert ops.get(f"/v1/provenance/{theirs}").status_code == 404
+        assert ops.post(f"/v1/provenance/{theirs}/replay", json={}).status_code == 404
+        assert {r["tenant"] for r in listing(ops, tenant="globex", limit=200)} == {"acme"}
+        assert {r["tenant"] for r in listing(ops, limit=200)} == {"acme"}
 
 
 def test_provenance_needs_its_own_scope_and_replay_needs_predict(setup: Setup) -> None:

@@ -123,6 +123,17 @@ def test_unknown_model_version_and_alias(registry: Registry, tmp_path: Path) -> 
         registry.set_alias("churn", "production", "1.0.0", actor="a")
 
 
+def test_names_with_a_nul_are_unknown_on_every_backend(registry: Registry, tmp_path: Path) -> None:
+    # PostgreSQL refuses a NUL in any query (psycopg DataError): such a name is simply unknown
+    registry.push(_version_dir(tmp_path, "1.0.0"), actor="a")
+    with pytest.raises(ModelNotFound):
+        registry.resolve("chu\x00rn")
+    with pytest.raises(ModelNotFound):
+        registry.get_version("chu\x00rn", "1.0.0")
+    with pytest.raises(VersionNotFound):
+        registry.get_version("churn", "1.0\x00.0")
+
+
 def test_generation_grows_with_every_change(registry: Registry, tmp_path: Path) -> None:
     before = registry.generation()
     registry.push(_version_dir(tmp_path, "1.0.0"), actor="a")

@@ -4,6 +4,7 @@ version that keeps failing is skipped for its cool-down, and the gauge shows it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,13 @@ import pytest_asyncio
 
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import BreakerSettings, Settings
-from modelhost.errors import InvalidInput, ModelNotReady, RuntimeFailure
+from modelhost.errors import (
+    InferenceTimeout,
+    InvalidInput,
+    ModelNotReady,
+    QueueTimeout,
+    RuntimeFailure,
+)
 from modelhost.manifest import parse_manifest
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
@@ -246,3 +253,56 @@ def test_a_breaker_opens_half_opens_and_closes() -> None:
     breakers.succeeded(info)
     assert (breakers.state(info), gauge()) == (CircuitState.CLOSED, 0)
     breakers.admit(info)
+
+
+def test_queue_timeouts_do_not_count_and_an_opening_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # issue 16: a cheap model queued behind a long call judged the queue, not the model
+    metrics = Metrics()
+    breakers = Breakers(BreakerSettings(failures=2, cooldown_s=30), metrics, Clock())
+    info = _fake_info()
+    for _ in range(5):
+        breakers.failed(info, QueueTimeout("did not start"))
+    assert breakers.state(info) is CircuitState.CLOSED
+    labels = {"model": info.model, "version": info.version}
+    assert metrics.registry.get_sample_value("modelhost_circuit_opened_total", labels) is None
+    with caplog.at_level("WARNING", logger="modelhost.breaker"):
+        breakers.failed(info, InferenceTimeout("too slow"))
+        breakers.failed(info, InferenceTimeout("too slow"))
+    assert breakers.state(info) is CircuitState.OPEN
+    assert metrics.registry.get_sample_value("modelhost_circuit_opened_total", labels) == 1
+    assert any("m@1.0.0" in r.getMessage() and "opened" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_call_that_waits_out_its_timeout_in_the_queue_is_a_queue_timeout(
+    tmp_path: Path,
+) -> None:
+    # one inference thread held by a slow call: the next call never starts before its timeout
+    settings = Settings(home=tmp_path / "home", demo={"enabled": False}, inference={"threads": 1})
+    built = build_services(settings)
+    try:
+        for name, limits in (
+            ("echo-hog", {"timeout_ms": 5000}),
+            ("echo-quick", {"timeout_ms": 200}),
+        ):
+            info = built.registry.push(write_python_model(tmp_path, name, limits=limits), actor="t")
+            built.registry.set_stage(info.model, info.version, Stage.PRODUCTION, actor="t")
+        await built.manager.refresh(load=True)
+        await built.manager.wait_loaded()
+        hog = asyncio.create_task(
+            built.plane.infer(
+                InferenceRequest(
+                    model="echo-hog", inputs=[{"text": "a"}], parameters={"sleep": 1.0}
+                )
+            )
+        )
+        await asyncio.sleep(0.1)  # the hog holds the only thread
+        with pytest.raises(QueueTimeout, match="did not start"):
+            await built.plane.infer(InferenceRequest(model="echo-quick", inputs=[{"text": "b"}]))
+        quick = built.registry.resolve("echo-quick")
+        assert built.plane.breakers.state(quick) is CircuitState.CLOSED
+        assert (await hog).results == [{"echo": {"text": "a"}}]
+    finally:
+        await close_services(built)

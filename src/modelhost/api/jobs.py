@@ -47,6 +47,8 @@ def _string(payload: dict[str, Any], name: str, limit: int) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidInput(f"'{name}' must be a string of 1 to {limit} characters", param=name)
+    if not value.isprintable():  # a NUL would reach the database (PostgreSQL refuses it)
+        raise InvalidInput(f"'{name}' must not contain control characters", param=name)
     return value
 
 

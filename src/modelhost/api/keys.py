@@ -16,9 +16,7 @@ from starlette.responses import Response
 from modelhost.api.auth import principal_of
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput
-from modelhost.security.keys import KeyStore, NewKey, Principal
-
-SYSTEM_TENANT = "system"
+from modelhost.security.keys import SYSTEM_TENANT, KeyStore, NewKey, Principal
 
 
 class KeyRequest(BaseModel):

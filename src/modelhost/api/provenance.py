@@ -2,8 +2,9 @@
 
 The routes need the ``provenance`` scope (checked by the auth middleware), because records hold
 payloads. A caller sees its own tenant's records only (another tenant's record answers 404,
-like one that does not exist); an administrator sees every tenant's and may filter by
-``tenant``. A replay is an inference run as the caller, so it also needs ``predict`` and counts
+like one that does not exist); an administrator of the system tenant sees every tenant's and
+may filter by ``tenant`` (an administrator of any other tenant sees its own tenant's only).
+A replay is an inference run as the caller, so it also needs ``predict`` and counts
 against the caller's limits and budget.
 
 Records are written in the background: one appears about ``provenance.flush_interval_s`` (1 s
@@ -28,7 +29,7 @@ from modelhost.errors import InvalidInput, NotFound
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.provenance.replay import Replayer, Window
 from modelhost.provenance.store import ProvenanceStore, Query, Record
-from modelhost.security.keys import Principal, Scope
+from modelhost.security.keys import Principal
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 429)
@@ -91,8 +92,8 @@ def parse_time(value: Any, param: str, now: float | None = None) -> float:
 
 
 def _tenant_of(who: Principal) -> str | None:
-    """The tenant a caller is confined to; None for administrators (every tenant)."""
-    return None if Scope.ADMIN.value in who.scopes else who.tenant
+    """The tenant a caller is confined to; None for the system tenant's administrators."""
+    return who.confined_to()
 
 
 def _choice(params: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

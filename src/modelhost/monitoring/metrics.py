@@ -27,6 +27,7 @@ Name                                        Type       Labels
 ``modelhost_cache_requests_total``          counter    model, version, kind, outcome
 ``modelhost_circuit_state``                 gauge      model, version (0 closed, 1 open,
                                                        2 half-open)
+``modelhost_circuit_opened_total``         counter    model, version
 ``modelhost_feature_age_seconds``           histogram  model, version, view
 ``modelhost_feature_fetch_seconds``         histogram  model, version
 ``modelhost_feature_missing_total``         counter    model, version, outcome (defaulted,
@@ -328,6 +329,12 @@ class Metrics:
             "modelhost_circuit_state",
             "Circuit breaker of a model version: 0 closed (called), 1 open (skipped for its "
             "cool-down), 2 half-open (probe calls let through).",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.circuit_opened = Counter(
+            "modelhost_circuit_opened_total",
+            "Times the circuit breaker of a model version opened (after its failures).",
             ["model", "version"],
             registry=self.registry,
         )

@@ -290,7 +290,9 @@ class Registry:
     # -- helpers -------------------------------------------------------------------------
 
     def _model(self, session: Session, name: str) -> ModelInfo:
-        row = session.get(ModelRow, name)
+        # a name no manifest can have (a NUL, say, which PostgreSQL refuses in any query)
+        # is unknown without asking the database, the same on every backend
+        row = session.get(ModelRow, name) if _storable(name) else None
         if row is None:
             raise ModelNotFound(f"model {name!r} is not registered", param="model")
         versions = [
@@ -307,9 +309,13 @@ class Registry:
 
     @staticmethod
     def _version_row(session: Session, model: str, version: str) -> VersionRow:
-        row = session.scalar(
-            select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
-        )
+        if not _storable(model):
+            raise ModelNotFound(f"model {model!r} is not registered", param="model")
+        row = None
+        if _storable(version):
+            row = session.scalar(
+                select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
+            )
         if row is not None:
             return row
         if session.get(ModelRow, model) is None:
@@ -336,6 +342,12 @@ class Registry:
                 actor=actor,
             )
         )
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be a stored name or version: no control characters (PostgreSQL
+    refuses a NUL anywhere in a query; SQLite would simply find nothing)."""
+    return text.isprintable()
 
 
 def resolve_in(info: ModelInfo, selector: str | None) -> VersionInfo:

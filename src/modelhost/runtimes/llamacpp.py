@@ -8,7 +8,6 @@ model's own chat template (from the GGUF metadata) or, when the file has none, a
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from modelhost.errors import InvalidInput, MissingDependencyError, RuntimeFailure
 from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+from modelhost.runtimes.grammar import json_schema_gbnf
 
 _SAMPLING = ("temperature", "top_p", "top_k", "seed", "repeat_penalty", "min_p")
 FALLBACK_TEMPLATE = "fallback:plain"
@@ -155,17 +155,14 @@ class LlamaCppRuntime(Runtime):
         if kind == "json_object":
             schema = fmt.get("schema")
             if schema:
-                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                text = json_schema_gbnf(schema, param="response_format.schema")
+                return LlamaGrammar.from_string(text, verbose=False)
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         if kind == "json_schema":
             spec = fmt.get("json_schema") or {}
             schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise InvalidInput(
-                    "response_format.json_schema.schema must be a JSON Schema object",
-                    param="response_format.json_schema.schema",
-                )
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            text = json_schema_gbnf(schema, param="response_format.json_schema.schema")
+            return LlamaGrammar.from_string(text, verbose=False)
         raise InvalidInput(
             "response_format.type must be 'text', 'json_object' or 'json_schema'",
             param="response_format.type",

@@ -42,6 +42,10 @@ class Scope(StrEnum):
     ADMIN = "admin"  #: everything, including keys, metrics and audit
 
 
+#: The tenant whose administrators see every tenant's data; any other admin sees its own.
+SYSTEM_TENANT = "system"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: a subject in a tenant, with scopes and optional limits."""
@@ -64,6 +68,13 @@ class Principal:
     def allows(self, scope: Scope) -> bool:
         """True if the principal holds ``scope`` or ``admin``."""
         return scope.value in self.scopes or Scope.ADMIN.value in self.scopes
+
+    def confined_to(self) -> str | None:
+        """The one tenant whose data this caller may read; None for an administrator of the
+        system tenant, who sees every tenant (an admin of any other tenant sees its own)."""
+        if self.tenant == SYSTEM_TENANT and Scope.ADMIN.value in self.scopes:
+            return None
+        return self.tenant
 
     def require(self, scope: Scope) -> None:
         """Raise Forbidden unless the principal holds ``scope``."""

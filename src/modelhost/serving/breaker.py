@@ -12,15 +12,24 @@ it, a failure opens it again. The ``modelhost_circuit_state`` gauge follows ever
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from enum import IntEnum
 from typing import Protocol
 
 from modelhost.config import BreakerSettings
-from modelhost.errors import InferenceTimeout, ModelhostError, ModelNotReady, RuntimeFailure
+from modelhost.errors import (
+    InferenceTimeout,
+    ModelhostError,
+    ModelNotReady,
+    QueueTimeout,
+    RuntimeFailure,
+)
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import VersionInfo
+
+log = logging.getLogger("modelhost.breaker")
 
 
 class Clock(Protocol):
@@ -41,7 +50,11 @@ class CircuitState(IntEnum):
 
 def counts_against(exc: BaseException) -> bool:
     """True for a failure that is the model's fault: a timeout, a runtime error, or any
-    exception that is not modelhost's own (the model's code crashed)."""
+    exception that is not modelhost's own (the model's code crashed). A call that timed out
+    while still queued for the inference pool (:class:`QueueTimeout`) judged the queue, not
+    the model, and does not count."""
+    if isinstance(exc, QueueTimeout):
+        return False
     return isinstance(exc, InferenceTimeout | RuntimeFailure) or (
         isinstance(exc, Exception) and not isinstance(exc, ModelhostError)
     )
@@ -171,8 +184,18 @@ class Breakers:
                 found.probes -= 1
             return
         found = self.breaker(info)
+        was = found.state
         found.failed()
         self._show(info, found)
+        if found.state is CircuitState.OPEN and was is not CircuitState.OPEN:
+            log.warning(
+                "circuit breaker of %s opened after %s: calls are refused for %.3gs",
+                info.ref,
+                type(exc).__name__,
+                self.settings.cooldown_s,
+            )
+            if self.metrics is not None:
+                self.metrics.circuit_opened.labels(info.model, info.version).inc()
 
     def _show(self, info: VersionInfo, breaker: CircuitBreaker) -> None:
         if self.metrics is not None:

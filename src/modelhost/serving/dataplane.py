@@ -24,6 +24,7 @@ from modelhost.errors import (
     InvalidInput,
     MissingDependencyError,
     PayloadTooLarge,
+    QueueTimeout,
     ServiceError,
     VersionNotFound,
 )
@@ -156,8 +157,25 @@ class InferenceResponse:
         return body
 
 
-def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any]) -> None:
-    """Inference-thread side of :meth:`DataPlane.run`: call ``fn``, hand the outcome back."""
+class _Call:
+    """One call handed to the inference pool: whether a worker thread has started it."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+def _work(
+    fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any], call: _Call
+) -> None:
+    """Inference-thread side of :meth:`DataPlane.run`: call ``fn``, hand the outcome back.
+
+    A call whose caller already timed out while it waited in the queue is skipped: nobody
+    waits for it, and running it would only make the queue behind it longer."""
+    if future.done():
+        return
+    call.started = True
     outcome: Any
     try:
         outcome = fn()
@@ -167,10 +185,20 @@ def _work(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future
         loop.call_soon_threadsafe(settle, future, outcome)
 
 
-def _expire(future: Future[Any], ref: str, timeout: float) -> None:
-    """Timer callback of :meth:`DataPlane.run`: fail the caller with a timeout."""
-    if not future.done():
+def _expire(future: Future[Any], ref: str, timeout: float, call: _Call) -> None:
+    """Timer callback of :meth:`DataPlane.run`: fail the caller with a timeout, a
+    :class:`QueueTimeout` when no worker thread had started the call yet."""
+    if future.done():
+        return
+    if call.started:
         future.set_exception(InferenceTimeout(f"{ref} did not answer within {timeout:.3g}s"))
+        return
+    future.set_exception(
+        QueueTimeout(
+            f"{ref} did not start within {timeout:.3g}s: the server is busy with other "
+            "inference; retry later"
+        )
+    )
 
 
 def new_id(prefix: str) -> str:
@@ -286,9 +314,10 @@ class DataPlane:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self.pool.submit(_work, fn, loop, future)
+        call = _Call()
+        self.pool.submit(_work, fn, loop, future, call)
         timeout = self.timeout(info)
-        timer = loop.call_later(timeout, _expire, future, info.ref, timeout)
+        timer = loop.call_later(timeout, _expire, future, info.ref, timeout, call)
         try:
             return await future
         finally:
