@@ -97,11 +97,36 @@ def write_python_model(
     return directory
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now.
+
+    The sockets stay bound until all are chosen, so the kernel cannot hand the same port twice
+    (two ``bind(0)`` calls in a row may, which once gave a server's HTTP and gRPC listeners one
+    port); a port this process already handed out is never handed out again.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        _HANDED_OUT.update(ports)
+        return ports
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def modelhost_env(home: Path) -> dict[str, str]:
@@ -212,8 +237,7 @@ def start_server(
     api_key: str | None = None,
 ) -> Server:
     """Start ``modelhost serve`` and wait for /readyz (``env`` adds environment variables)."""
-    port = free_port()
-    grpc_port = free_port()
+    port, grpc_port = free_ports(2)
     api_key = api_key or create_key(home, "admin")
     with log.open("wb") as handle:
         process = subprocess.Popen(

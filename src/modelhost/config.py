@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,15 @@ class ServerSettings(BaseModel):
     http_server: HttpServer = HttpServer.UVICORN
     """Which HTTP server runs the app. Measured on single-row predicts, uvicorn was as fast as
     Granian or faster and uses less memory (docs/performance.md), so it is the default."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSettings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"server.grpc_port and server.port are both {self.port}: the HTTP API and the "
+                "gRPC service need a port each (set grpc_port to 0 to turn gRPC off)"
+            )
+        return self
 
 
 class InferenceSettings(BaseModel):
