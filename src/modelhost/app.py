@@ -22,6 +22,7 @@ from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
+from modelhost.api import openapi as openapi_doc
 from modelhost.api import openai as openai_api
 from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
@@ -35,7 +36,7 @@ from modelhost.features.component import FeaturesComponent, build_features
 from modelhost.featurestore.component import build_feature_store
 from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
-from modelhost.jobs.webhooks import CallbackPolicy, build_deliverer, webhook_master_secret
+from modelhost.jobs.webhooks import build_deliverer
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.monitoring.drift import build_drift
 from modelhost.monitoring.feedback import FeedbackStore, build_feedback
@@ -58,6 +59,8 @@ from modelhost.serving.rollout_stats import RolloutStatsStore
 from modelhost.serving.rollouts import build_rollouts
 from modelhost.serving.shadow import build_shadow
 from modelhost.serving.shadow_stats import ShadowStore
+from modelhost.webhooks.egress import Egress, build_egress
+from modelhost.webhooks.signing import webhook_master_secret
 
 if TYPE_CHECKING:
     import grpc
@@ -82,6 +85,8 @@ class Services:
     bus: TokenBus
     promoter: Promoter
     feedback: FeedbackStore
+    egress: Egress
+    """Every request to a user-named URL (job callbacks, alerts) goes through this one."""
     components: list[Component] = field(default_factory=list)
     """Provenance, drift, usage: built by :func:`build_components` once the rest exists."""
     features: FeaturesComponent | None = None
@@ -167,7 +172,7 @@ def build_queue(settings: Settings, registry: Registry) -> QueueBackend:
 
 
 def build_jobs(
-    settings: Settings, registry: Registry, plane: DataPlane
+    settings: Settings, registry: Registry, plane: DataPlane, egress: Egress
 ) -> tuple[QueueBackend, Worker, TokenBus]:
     """The job queue, this process's worker (started once the server is ready, stopped by the
     lifespan) with its webhook deliverer, and the bus live tokens travel on (Redis pub/sub when
@@ -188,7 +193,7 @@ def build_jobs(
         if settings.redis_url
         else MemoryBus()
     )
-    sidecars = (build_deliverer(settings, queue, plane.tracer),)
+    sidecars = (build_deliverer(settings, queue, egress),)
     return queue, Worker(queue, plane, options, bus=bus, sidecars=sidecars), bus
 
 
@@ -212,6 +217,8 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
     plane = DataPlane(
         manager,
         threads=threads,
+        generate_threads=settings.inference.generate_threads,
+        remote_threads=settings.inference.remote_threads,
         default_timeout_s=settings.inference.default_timeout_s,
         default_max_request_bytes=settings.inference.default_max_request_bytes,
         metrics=metrics,
@@ -221,7 +228,8 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         breakers=Breakers(settings.breaker, metrics),
     )
     plane.cache = build_response_cache(settings, manager)
-    jobs, worker, bus = build_jobs(settings, registry, plane)
+    egress = build_egress(settings, plane.tracer, metrics)
+    jobs, worker, bus = build_jobs(settings, registry, plane, egress)
     metrics.watch_jobs(jobs.depth)
     services = Services(
         settings=settings,
@@ -237,6 +245,7 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         bus=bus,
         promoter=Promoter(registry, plane),
         feedback=FeedbackStore(registry.engine),
+        egress=egress,
     )
     build_components(services)
     return services
@@ -451,7 +460,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     submitter = jobs_api.Submitter(
         services.jobs,
         services.worker,
-        CallbackPolicy(settings.jobs.webhook_allow),
+        services.egress.policy,
         settings.jobs.max_attempts,
     )
     app.include_router(v1.build_router(services.plane, services.keys.audit, submitter.submit))
@@ -489,6 +498,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for component in services.components:
         for router in component.routers():
             app.include_router(router)
+    openapi_doc.install(app)
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware, tracer=services.plane.tracer)
     return app

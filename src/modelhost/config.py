@@ -59,8 +59,15 @@ class ServerSettings(BaseModel):
 class InferenceSettings(BaseModel):
     """How inference runs beside the event loop."""
 
-    threads: int = Field(default_factory=_default_threads)
-    """Threads that run runtime calls, so inference never blocks the event loop."""
+    threads: int = Field(default_factory=_default_threads, ge=1)
+    """Threads that run short runtime calls (tabular, ONNX, embedding models, feature-store
+    reads), so inference never blocks the event loop."""
+    generate_threads: int = Field(default=2, ge=1)
+    """Threads that run in-process token generation (llama.cpp, streaming Python models),
+    apart from ``threads``: a cheap model never queues behind a long generation. Each
+    llama.cpp model generates one answer at a time, so more threads than LLMs only queue."""
+    remote_threads: int = Field(default=16, ge=1)
+    """Threads that wait on upstream model servers (``openai-upstream``), apart from both."""
     default_timeout_s: float = 30.0
     """Timeout of one inference when the manifest sets none."""
     default_max_request_bytes: int = 8 * 1024 * 1024

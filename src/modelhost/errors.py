@@ -23,6 +23,8 @@ business.
     ├── ServiceError                  the service cannot answer now
     │   ├── ModelNotReady             loading, failed or unloaded (retry_after set while loading)
     │   └── InferenceTimeout          the runtime did not answer within the model's timeout
+    │       └── QueueTimeout          no inference thread started the call in time (not the
+    │                                 model's fault: circuit breakers ignore it)
     ├── ConfigError                   a manifest or setting is wrong (fields named in the message)
     │   └── ManifestError
     ├── RegistryError

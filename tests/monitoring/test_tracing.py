@@ -30,6 +30,7 @@ from modelhost.jobs.webhooks import WebhookDeliverer
 from modelhost.monitoring.tracing import OtelTracer, Tracer, build_tracer, current_ids
 from modelhost.registry import Stage, make_engine
 from modelhost.serving.dataplane import InferenceRequest
+from modelhost.webhooks.egress import Egress
 from tests.conftest import Server, run_cli, start_server, stop_server, write_python_model
 from tests.jobs.test_webhooks import FAST, LOOPBACK, MASTER, Receiver, Reply, finished, settle
 
@@ -274,9 +275,8 @@ async def test_a_webhook_carries_the_traceparent_of_its_delivery_span(queue: Sql
     receiver = Receiver([Reply(200)])
     try:
         job = finished(queue, receiver.url())
-        hooks = WebhookDeliverer(
-            queue, LOOPBACK, MASTER, FAST, worker="tests", tracer=OtelTracer(ON, exporter)
-        )
+        egress = Egress(LOOPBACK, tracer=OtelTracer(ON, exporter))
+        hooks = WebhookDeliverer(queue, egress, MASTER, FAST, worker="tests")
         delivered = await settle(hooks, queue, job.id)
     finally:
         receiver.close()

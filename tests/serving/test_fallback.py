@@ -275,6 +275,15 @@ def test_queue_timeouts_do_not_count_and_an_opening_is_logged_and_counted(
     assert any("m@1.0.0" in r.getMessage() and "opened" in r.getMessage() for r in caplog.records)
 
 
+async def _submitted(services: Services, model: str) -> None:
+    """Wait until a call of ``model`` is in an inference pool (it is submitted in the same loop
+    step that counts it in flight, and a pool starts its calls in order)."""
+    dep = services.manager.deployment(services.registry.resolve(model).ref)
+    while dep is None or dep.inflight == 0:
+        await asyncio.sleep(0.005)
+        dep = services.manager.deployment(services.registry.resolve(model).ref)
+
+
 @pytest.mark.asyncio
 async def test_a_call_that_waits_out_its_timeout_in_the_queue_is_a_queue_timeout(
     tmp_path: Path,
@@ -298,11 +307,55 @@ async def test_a_call_that_waits_out_its_timeout_in_the_queue_is_a_queue_timeout
                 )
             )
         )
-        await asyncio.sleep(0.1)  # the hog holds the only thread
+        await _submitted(built, "echo-hog")  # first in the one thread's queue
         with pytest.raises(QueueTimeout, match="did not start"):
             await built.plane.infer(InferenceRequest(model="echo-quick", inputs=[{"text": "b"}]))
         quick = built.registry.resolve("echo-quick")
         assert built.plane.breakers.state(quick) is CircuitState.CLOSED
+        assert (await hog).results == [{"echo": {"text": "a"}}]
+    finally:
+        await close_services(built)
+
+
+@pytest.mark.asyncio
+async def test_a_cheap_model_never_queues_behind_a_long_generation(tmp_path: Path) -> None:
+    # one thread per lane; a streaming model (the generate lane) holds its thread for 3 s
+    settings = Settings(
+        home=tmp_path / "home",
+        demo={"enabled": False},
+        inference={"threads": 1, "generate_threads": 1},
+    )
+    built = build_services(settings)
+    try:
+        for name, cls, limits in (
+            ("chat-hog", "Chatty", {"timeout_ms": 10000}),
+            ("chat-next", "Chatty", {"timeout_ms": 300}),
+            ("echo-quick", "Echo", {"timeout_ms": 2500}),
+        ):
+            directory = write_python_model(tmp_path, name, cls=cls, limits=limits)
+            info = built.registry.push(directory, actor="t")
+            built.registry.set_stage(info.model, info.version, Stage.PRODUCTION, actor="t")
+        await built.manager.refresh(load=True)
+        await built.manager.wait_loaded()
+        hog = asyncio.create_task(
+            built.plane.infer(
+                InferenceRequest(
+                    model="chat-hog", inputs=[{"text": "a"}], parameters={"sleep": 3.0}
+                )
+            )
+        )
+        await _submitted(built, "chat-hog")
+        # in one shared pool this call would wait the hog's 3 s and time out at 2.5 s
+        quick = await built.plane.infer(
+            InferenceRequest(model="echo-quick", inputs=[{"text": "b"}])
+        )
+        assert quick.results == [{"echo": {"text": "b"}}]
+        # another generation does queue behind the hog: a queue timeout, not the model's fault
+        with pytest.raises(QueueTimeout, match="did not start"):
+            await built.plane.infer(InferenceRequest(model="chat-next", inputs=[{"text": "c"}]))
+        assert built.plane.breakers.state(built.registry.resolve("chat-next")) is (
+            CircuitState.CLOSED
+        )
         assert (await hog).results == [{"echo": {"text": "a"}}]
     finally:
         await close_services(built)

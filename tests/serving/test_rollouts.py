@@ -22,7 +22,6 @@ from sqlalchemy.engine import Engine
 from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import CacheSettings, DemoSettings, JobSettings, RolloutSettings, Settings
 from modelhost.jobs.webhooks import tenant_secret, verify
-from modelhost.monitoring.alerts import SignedWebhooks, WebhookOptions
 from modelhost.monitoring.feedback import Feedback, FeedbackStore
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import (
@@ -54,6 +53,8 @@ from modelhost.serving.rollouts import (
     latency_breach,
 )
 from modelhost.serving.router import BUCKETS, bucket
+from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions
+from modelhost.webhooks.egress import CallbackPolicy, Egress
 from tests.jobs.test_webhooks import Receiver, Reply
 from tests.serving.iris_variants import iris_rows, write_iris_variant
 
@@ -376,7 +377,8 @@ async def test_two_monitors_over_one_database_roll_back_and_alert_once(
     )
     settings = RolloutSettings(alert_url=receiver.url(), alert_tenant=ALERT_TENANT)
     webhooks = SignedWebhooks(
-        WebhookOptions(MASTER.encode(), tenant=ALERT_TENANT, allow=("127.0.0.0/8",))
+        Egress(CallbackPolicy(["127.0.0.0/8"])),
+        WebhookOptions(MASTER.encode(), tenant=ALERT_TENANT),
     )
     monitors = [
         RolloutMonitor(

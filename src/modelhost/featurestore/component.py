@@ -27,9 +27,9 @@ from modelhost.errors import InvalidInput
 from modelhost.featurestore.offline import FeatureSkew, ServedRow, compare
 from modelhost.featurestore.online import OnlineFeatures
 from modelhost.featurestore.repo import FeatureStores, materialize
-from modelhost.monitoring.alerts import SignedWebhooks, now_iso
 from modelhost.provenance.store import ProvenanceStore, Query
 from modelhost.registry import VersionInfo
+from modelhost.webhooks.delivery import SignedWebhooks, now_iso
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -297,7 +297,7 @@ def build_feature_store(services: Services, provenance: ProvenanceComponent) -> 
         services.manager,
         services.metrics,
         provenance.store,
-        SignedWebhooks(options.webhook()),
+        SignedWebhooks(services.egress, options.webhook()),
         options.default_url,
         provenance.recorder.flush if provenance.recorder is not None else None,
     )

@@ -447,7 +447,7 @@ def build_drift(services: Services) -> Component:
     """The drift component of a server or worker process."""
     settings = services.settings
     store = DriftStore(services.registry.engine)
-    sender = AlertSender(AlertOptions.from_settings(settings), store)
+    sender = AlertSender(AlertOptions.from_settings(settings), store, services.egress)
     return DriftMonitor(
         settings.drift, services.registry, services.manager, services.metrics, sender
     )

@@ -1,10 +1,11 @@
 """Acting on drift: signed webhooks (``drift.alert``, ``drift.resolved``) and retraining hooks.
 
-A webhook is delivered by :class:`~modelhost.monitoring.alerts.SignedWebhooks`, as rollout
+A webhook is delivered by :class:`~modelhost.webhooks.delivery.SignedWebhooks`, as rollout
 alerts are: signed like a job callback with the secret of the tenant ``drift.alert_tenant``,
-through the callbacks' SSRF guard (``jobs.webhook_allow`` lifts it for named networks and
-hosts), retried with backoff up to ``drift.alert_max_attempts``. Each attempt is recorded on
-the alert.
+sent through the process's one :class:`~modelhost.webhooks.egress.Egress` (the SSRF guard that
+``jobs.webhook_allow`` lifts for named networks and hosts, one deadline per attempt, no
+redirects), retried with backoff up to ``drift.alert_max_attempts``. Each attempt is recorded
+on the alert.
 
 A retraining hook is a command (run without a shell, the evidence JSON on its standard input,
 killed after ``drift.retrain_timeout_s``) or a URL POSTed the evidence as event
@@ -23,10 +24,11 @@ from typing import Any
 import orjson
 
 from modelhost.config import Settings
-from modelhost.jobs.webhooks import webhook_master_secret
 from modelhost.manifest import MonitoringConfig
-from modelhost.monitoring.alerts import SignedWebhooks, WebhookOptions, now_iso
 from modelhost.monitoring.drift_store import DriftStore
+from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions, now_iso
+from modelhost.webhooks.egress import Egress
+from modelhost.webhooks.signing import webhook_master_secret
 
 log = logging.getLogger("modelhost.drift")
 
@@ -46,8 +48,6 @@ class AlertOptions:
 
     master_secret: bytes
     tenant: str = "system"
-    allow: tuple[str, ...] = ()
-    """Networks and hosts the SSRF guard lets through (``jobs.webhook_allow``)."""
     default_url: str | None = None
     max_attempts: int = 4
     retry_base: float = 1.0
@@ -62,7 +62,6 @@ class AlertOptions:
         return cls(
             master_secret=webhook_master_secret(settings),
             tenant=drift.alert_tenant,
-            allow=tuple(settings.jobs.webhook_allow),
             default_url=drift.alert_url,
             max_attempts=drift.alert_max_attempts,
             retry_base=drift.alert_retry_base_s,
@@ -76,7 +75,6 @@ class AlertOptions:
         return WebhookOptions(
             master_secret=self.master_secret,
             tenant=self.tenant,
-            allow=self.allow,
             max_attempts=self.max_attempts,
             retry_base=self.retry_base,
             timeout=self.timeout,
@@ -90,10 +88,10 @@ def _describe(exc: BaseException) -> str:
 class AlertSender:
     """Delivers drift events and runs retraining hooks, recording every attempt."""
 
-    def __init__(self, options: AlertOptions, store: DriftStore) -> None:
+    def __init__(self, options: AlertOptions, store: DriftStore, egress: Egress) -> None:
         self.options = options
         self.store = store
-        self.webhooks = SignedWebhooks(options.webhook())
+        self.webhooks = SignedWebhooks(egress, options.webhook())
 
     async def send(
         self, alert_id: str, event: str, evidence: dict[str, Any], config: MonitoringConfig

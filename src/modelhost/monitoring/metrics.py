@@ -34,6 +34,9 @@ Name                                        Type       Labels
                                                        rejected)
 ``modelhost_feature_skew_ratio``            gauge      model, version, feature
 ``modelhost_feature_materialized_timestamp`` gauge     repository
+``modelhost_webhook_attempts_total``        counter    event, outcome (delivered, http_error,
+                                                       redirect, timeout, network,
+                                                       unresolved, refused)
 ==========================================  =========  =====================================
 
 ``outcome`` is ``ok`` or the kind of error (see :func:`outcome_of`); ``protocol`` is the one a
@@ -391,6 +394,14 @@ class Metrics:
             "When the online store of a feature repository was last materialized (seconds "
             "since the epoch) by this process.",
             ["repository"],
+            registry=self.registry,
+        )
+        self.webhook_attempts = Counter(
+            "modelhost_webhook_attempts",
+            "POSTs to user-named URLs (job callbacks, drift, rollout and skew alerts) by event "
+            "and outcome: delivered, http_error, redirect (not followed), timeout, network, "
+            "unresolved, refused (by the SSRF guard).",
+            ["event", "outcome"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], DeploymentMetrics] = {}

@@ -18,6 +18,7 @@ from modelhost.registry.service import (
     Stage,
     VersionInfo,
     resolve_in,
+    storable,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "VersionInfo",
     "make_engine",
     "resolve_in",
+    "storable",
 ]

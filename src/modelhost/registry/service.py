@@ -292,7 +292,7 @@ class Registry:
     def _model(self, session: Session, name: str) -> ModelInfo:
         # a name no manifest can have (a NUL, say, which PostgreSQL refuses in any query)
         # is unknown without asking the database, the same on every backend
-        row = session.get(ModelRow, name) if _storable(name) else None
+        row = session.get(ModelRow, name) if storable(name) else None
         if row is None:
             raise ModelNotFound(f"model {name!r} is not registered", param="model")
         versions = [
@@ -309,10 +309,10 @@ class Registry:
 
     @staticmethod
     def _version_row(session: Session, model: str, version: str) -> VersionRow:
-        if not _storable(model):
+        if not storable(model):
             raise ModelNotFound(f"model {model!r} is not registered", param="model")
         row = None
-        if _storable(version):
+        if storable(version):
             row = session.scalar(
                 select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
             )
@@ -344,10 +344,26 @@ class Registry:
         )
 
 
-def _storable(text: str) -> bool:
-    """Whether ``text`` can be a stored name or version: no control characters (PostgreSQL
-    refuses a NUL anywhere in a query; SQLite would simply find nothing)."""
+def storable(text: str) -> bool:
+    """Whether ``text`` can be a stored name, version or key: no control characters
+    (PostgreSQL refuses a NUL anywhere in a query; SQLite would simply find nothing). Every
+    edge that stores or looks up a caller's string checks it, so all backends agree."""
     return text.isprintable()
+
+
+def _no_production(info: ModelInfo) -> VersionNotFound:
+    """The 404 of a call naming no version of a model with no production version: its
+    versions, and each way to promote or name one (tests/api/test_features.py follows them)."""
+    live = [v for v in info.versions if v.stage is not Stage.ARCHIVED] or info.versions
+    example = live[0].version if live else "VERSION"
+    versions = ", ".join(f"{v.version} {v.stage.value}" for v in info.versions) or "none"
+    return VersionNotFound(
+        f"model {info.name!r} has no production version (versions: {versions}): promote one "
+        f"(`modelhost models promote {info.name} {example}`) or name one: "
+        f"'{info.name}@{example}' or the header 'X-Model-Version: {example}' on REST /v1 and "
+        f"OpenAI routes, /v2/models/{info.name}/versions/{example} on Open Inference v2",
+        param="model",
+    )
 
 
 def resolve_in(info: ModelInfo, selector: str | None) -> VersionInfo:
@@ -359,12 +375,7 @@ def resolve_in(info: ModelInfo, selector: str | None) -> VersionInfo:
     if selector is None or selector == Stage.PRODUCTION.value:
         found = info.stage_version(Stage.PRODUCTION)
         if found is None:
-            raise VersionNotFound(
-                f"model {info.name!r} has no production version: promote one "
-                f"(`modelhost models promote {info.name} VERSION`) or pin a version with "
-                f"X-Model-Version or '{info.name}@VERSION'",
-                param="model",
-            )
+            raise _no_production(info)
         return found
     wanted = info.aliases.get(selector, selector)
     if wanted == "latest":

@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 
 from modelhost.manifest import RuntimeKind
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+from modelhost.runtimes.base import (
+    Lane,
+    Prediction,
+    Runtime,
+    RuntimeContext,
+    StreamChunk,
+    Usage,
+)
 
 _CLASSES: dict[RuntimeKind, str] = {
     RuntimeKind.SKLEARN: "modelhost.runtimes.sklearn:SklearnRuntime",
@@ -30,4 +37,12 @@ def create_runtime(context: RuntimeContext) -> Runtime:
     return cls(context)
 
 
-__all__ = ["Prediction", "Runtime", "RuntimeContext", "StreamChunk", "Usage", "create_runtime"]
+__all__ = [
+    "Lane",
+    "Prediction",
+    "Runtime",
+    "RuntimeContext",
+    "StreamChunk",
+    "Usage",
+    "create_runtime",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,29 @@ class RuntimeContext:
         return self.path / self.manifest.artifact(key, default)
 
 
+class Lane(StrEnum):
+    """Which thread pool a runtime's calls run in, so short calls never queue behind long ones.
+
+    A cheap classifier answering in a millisecond must not wait behind a 30-second generation:
+    each lane has its own threads (``inference.threads``, ``inference.generate_threads``,
+    ``inference.remote_threads``), and a call waits only behind calls of its own lane.
+    """
+
+    PREDICT = "predict"  #: CPU work of a few milliseconds: tabular models, ONNX, embeddings
+    GENERATE = "generate"  #: in-process token generation: seconds of CPU per call
+    REMOTE = "remote"  #: waiting on another server (an upstream API): little CPU, long waits
+
+
 class Runtime(ABC):
     """One loaded model behind one interface."""
 
     #: True when ``stream`` yields tokens.
     supports_streaming: bool = False
+
+    @property
+    def lane(self) -> Lane:
+        """The pool this runtime's calls run in: a runtime that streams tokens generates."""
+        return Lane.GENERATE if self.supports_streaming else Lane.PREDICT
 
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context

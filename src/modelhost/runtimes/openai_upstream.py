@@ -33,7 +33,14 @@ from modelhost.errors import (
     RuntimeFailure,
 )
 from modelhost.manifest import ModelManifest
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+from modelhost.runtimes.base import (
+    Lane,
+    Prediction,
+    Runtime,
+    RuntimeContext,
+    StreamChunk,
+    Usage,
+)
 
 #: Request parameters passed to the upstream as they are, when given.
 PASSED_PARAMETERS = ("max_tokens", "temperature", "top_p", "seed", "stop")
@@ -188,6 +195,11 @@ class OpenAIUpstreamRuntime(Runtime):
     """
 
     supports_streaming = True
+
+    @property
+    def lane(self) -> Lane:
+        """Calls wait on the upstream, not the CPU: they run in the remote lane."""
+        return Lane.REMOTE
 
     def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)

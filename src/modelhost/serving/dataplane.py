@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from asyncio import Future
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +35,7 @@ from modelhost.manifest import RuntimeKind
 from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
 from modelhost.monitoring.tracing import Tracer
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Prediction, StreamChunk, Usage
+from modelhost.runtimes import Lane, Prediction, StreamChunk, Usage
 from modelhost.security.access import AccessControl
 from modelhost.security.keys import ANONYMOUS, Principal
 from modelhost.security.ratelimit import price_of
@@ -158,12 +159,33 @@ class InferenceResponse:
 
 
 class _Call:
-    """One call handed to the inference pool: whether a worker thread has started it."""
+    """One call handed to an inference pool: started by a worker thread, or expired first.
 
-    __slots__ = ("started",)
+    The worker thread and the loop's timer each flip their flag under one lock, so exactly one
+    of them wins: a call either runs (and a timeout is the model's) or is never run (and the
+    timeout is the queue's). Asyncio futures are not thread-safe, so the worker never asks the
+    loop's future whether it is done."""
+
+    __slots__ = ("_lock", "expired", "started")
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.started = False
+        self.expired = False
+
+    def begin(self) -> bool:
+        """Worker side: mark the call started; False when its caller already gave up."""
+        with self._lock:
+            if self.expired:
+                return False
+            self.started = True
+            return True
+
+    def expire(self) -> bool:
+        """Timer side: mark the call expired; True when a worker had already started it."""
+        with self._lock:
+            self.expired = True
+            return self.started
 
 
 def _work(
@@ -173,9 +195,8 @@ def _work(
 
     A call whose caller already timed out while it waited in the queue is skipped: nobody
     waits for it, and running it would only make the queue behind it longer."""
-    if future.done():
+    if not call.begin():
         return
-    call.started = True
     outcome: Any
     try:
         outcome = fn()
@@ -190,7 +211,7 @@ def _expire(future: Future[Any], ref: str, timeout: float, call: _Call) -> None:
     :class:`QueueTimeout` when no worker thread had started the call yet."""
     if future.done():
         return
-    if call.started:
+    if call.expire():
         future.set_exception(InferenceTimeout(f"{ref} did not answer within {timeout:.3g}s"))
         return
     future.set_exception(
@@ -214,6 +235,8 @@ class DataPlane:
         manager: ModelManager,
         *,
         threads: int,
+        generate_threads: int = 2,
+        remote_threads: int = 16,
         default_timeout_s: float,
         default_max_request_bytes: int,
         metrics: Metrics | None = None,
@@ -243,7 +266,16 @@ class DataPlane:
         self.shadow: ShadowSink | None = None
         """Runs shadow versions on copies of answered requests (set by the rollouts
         component); None: shadows named by a deployment are not run."""
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelhost-infer")
+        self.pools = {
+            lane: ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"modelhost-{lane}")
+            for lane, size in (
+                (Lane.PREDICT, threads),
+                (Lane.GENERATE, generate_threads),
+                (Lane.REMOTE, remote_threads),
+            )
+        }
+        """One thread pool per :class:`~modelhost.runtimes.Lane`: a call queues only behind
+        calls of its own kind, so a cheap model never waits for a long generation."""
 
     async def route(self, request: InferenceRequest) -> Route:
         """The version ``request`` goes to (pin, production or canary) and its shadows; kept on
@@ -300,8 +332,8 @@ class DataPlane:
         ms = info.manifest.limits.timeout_ms
         return ms / 1000 if ms else self.default_timeout_s
 
-    async def run(self, fn: Callable[[], Any], info: VersionInfo) -> Any:
-        """Run ``fn`` in the inference pool under the version's timeout.
+    async def run(self, fn: Callable[[], Any], info: VersionInfo, lane: Lane = Lane.PREDICT) -> Any:
+        """Run ``fn`` in ``lane``'s inference pool under the version's timeout.
 
         One loop future settled from the worker thread and one timer: cheaper than
         ``run_in_executor`` + ``wait_for`` (two chained futures, a waiter and a timer), which
@@ -311,11 +343,12 @@ class DataPlane:
 
         Raises:
             InferenceTimeout: it took longer than the timeout (the caller gets 504).
+            QueueTimeout: no thread of the lane started it within the timeout.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         call = _Call()
-        self.pool.submit(_work, fn, loop, future, call)
+        self.pools[lane].submit(_work, fn, loop, future, call)
         timeout = self.timeout(info)
         timer = loop.call_later(timeout, _expire, future, info.ref, timeout, call)
         try:
@@ -620,7 +653,8 @@ class DataPlane:
         with self.tracer.span("inference"):
             if dep.info.manifest.options.get("inline") is True:
                 return fn()
-            return await self.run(fn, dep.info)
+            lane = dep.runtime.lane if dep.runtime is not None else Lane.PREDICT
+            return await self.run(fn, dep.info, lane)
 
     def _attach_batcher(self, dep: Deployment) -> AdaptiveBatcher | None:
         """Wrap a deployment's runtime in a batcher if its manifest asks for batching.
@@ -674,5 +708,6 @@ class DataPlane:
         return await open_stream(self, request)
 
     def close(self) -> None:
-        """Stop the inference pool."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the inference pools."""
+        for pool in self.pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -54,14 +54,14 @@ from typing import TYPE_CHECKING, Any
 from modelhost.components import Component
 from modelhost.config import RolloutSettings
 from modelhost.errors import GateRefused, ModelhostError
-from modelhost.jobs.webhooks import webhook_master_secret
-from modelhost.monitoring.alerts import SignedWebhooks, WebhookOptions
 from modelhost.monitoring.feedback import FeedbackStore
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import DeploymentSpec, GuardPolicy, Registry, RolloutState
 from modelhost.serving.observers import InferenceObserver
 from modelhost.serving.promotion import Promoter
 from modelhost.serving.rollout_stats import RolloutStats, RolloutStatsStore, WindowStats
+from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions
+from modelhost.webhooks.signing import webhook_master_secret
 
 if TYPE_CHECKING:
     from modelhost.app import Services
@@ -520,11 +520,8 @@ def build_rollouts(services: Services) -> Component:
         RolloutStatsStore(services.registry.engine), retention_s=rollouts.stats_retention_s
     )
     alerts = SignedWebhooks(
-        WebhookOptions(
-            master_secret=webhook_master_secret(settings),
-            tenant=rollouts.alert_tenant,
-            allow=tuple(settings.jobs.webhook_allow),
-        )
+        services.egress,
+        WebhookOptions(master_secret=webhook_master_secret(settings), tenant=rollouts.alert_tenant),
     )
     return RolloutMonitor(
         services.registry,

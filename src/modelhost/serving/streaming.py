@@ -66,7 +66,7 @@ async def open_stream(plane: DataPlane, request: InferenceRequest) -> Opened:
         produced = runtime.stream(inputs[0], parameters)
         return access.guard_stream(served, produced)[0] if access is not None else produced
 
-    chunks = pump(plane.pool, generate)
+    chunks = pump(plane.pools[runtime.lane], generate)
     return served, _observed(plane, chunks, request, served, started, principal)
 
 
