@@ -197,6 +197,14 @@ def test_histograms_for_the_report(setup: Setup) -> None:
     assert len(histogram["edges"]) == len(histogram["reference"]) + 1
     assert sum(histogram["live"]) == pytest.approx(1.0)
     assert "histogram" not in drift(setup)["features"]["petal_width"]
+    # another tenant reads the scores, not the live shares of every tenant's requests
+    other = _bearer(create_key(setup.server.home, "predict", tenant="acme", principal="eve"))
+    url = f"{setup.server.url}/v1/models/flowers/drift"
+    scores = httpx.get(url, headers=other, timeout=30)
+    assert scores.status_code == 200, scores.text
+    refused = httpx.get(url, params={"detail": "histograms"}, headers=other, timeout=30)
+    assert refused.status_code == 403, refused.text
+    assert "only tenant 'system'" in refused.json()["error"]["message"]
 
 
 def test_a_reference_can_be_supplied_by_a_writer(setup: Setup, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import tritonclient.http as triton_http
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelhost.featurestore import open_store
-from tests.conftest import Server, run_cli, start_server, stop_server
+from tests.conftest import Server, create_key, run_cli, start_server, stop_server
 from tests.featurestore.builder import (
     CUSTOMERS,
     FEATURES,
@@ -308,6 +308,27 @@ def test_drift_statistics_cover_the_fetched_features(stack: tuple[Server, Repo, 
     features = drift.json()["features"]
     assert {"avg_amount_7d", "txn_count_7d", "amount_ratio"} <= set(features)
     assert features["avg_amount_7d"]["live"]["count"] >= 10
+
+
+def test_the_skew_check_of_another_tenant_sees_none_of_these_requests(
+    stack: tuple[Server, Repo, Any],
+) -> None:
+    # the report's examples hold served values: another tenant's admin compares only its own
+    server, _, _ = stack
+    with server.client() as client:
+        assert client.post("/v1/models/scorer/predict", json={"inputs": _requests(6)}).is_success
+        mine = client.post("/v1/models/scorer/feature-store/skew", params={"since": "1h"})
+    key = create_key(server.home, "admin", tenant="acme", principal="eve")
+    other = httpx.post(
+        f"{server.url}/v1/models/scorer/feature-store/skew",
+        params={"since": "1h"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert mine.status_code == 200 and mine.json()["rows"] >= 6, mine.text
+    assert other.status_code == 200, other.text
+    assert other.json()["rows"] == 0
+    assert all(not f["examples"] for f in other.json()["features"].values())
 
 
 def test_the_skew_check_is_clean_then_catches_a_skewed_online_write(

@@ -93,3 +93,34 @@ def test_bearer_parsing_and_route_scopes() -> None:
     assert required_scope("GET", "/metrics") is Scope.ADMIN
     assert required_scope("POST", "/v1/keys") is Scope.ADMIN
     assert required_scope("GET", "/v1/jobs/x") is Scope.JOBS
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        # names that look like route words are names: segments decide, not substrings
+        ("GET", "/v1/models/golden", Scope.PREDICT),
+        ("POST", "/v1/models/deployment-bot/predict", Scope.PREDICT),
+        ("POST", "/v1/models/load/predict", Scope.PREDICT),
+        ("GET", "/v1/features/tenant-bot", Scope.PREDICT),
+        ("POST", "/v1/features/tenant-bot/invoke", Scope.PREDICT),
+        ("GET", "/v1/jobsfoo", Scope.PREDICT),
+        # the routes themselves
+        ("GET", "/v1/models/iris/deployment", Scope.DEPLOY),
+        ("POST", "/v1/models/iris/deployment/promote", Scope.DEPLOY),
+        ("GET", "/v1/deployments", Scope.DEPLOY),
+        ("POST", "/v1/models/iris/versions/1.0.0/load", Scope.DEPLOY),
+        ("PUT", "/v1/models/iris/versions/1.0.0/golden", Scope.MODELS_WRITE),
+        ("POST", "/v1/features", Scope.MODELS_WRITE),
+        ("GET", "/v1/features", Scope.PREDICT),
+        ("PUT", "/v1/features/tenant-bot/tenant/pin", Scope.FEATURES),
+        ("GET", "/v1/features/triage/tenant", Scope.FEATURES),
+        ("GET", "/v1/batch/b_1/results", Scope.JOBS),
+        ("GET", "/v1/audit", Scope.ADMIN),
+        ("GET", "/v1/provenance/r_1", Scope.PROVENANCE),
+    ],
+)
+def test_the_scope_of_a_route_is_decided_by_whole_segments(
+    method: str, path: str, scope: Scope
+) -> None:
+    assert required_scope(method, path) is scope

@@ -99,10 +99,15 @@ class SkewReport:
 
 
 def served_rows(
-    store: ProvenanceStore, info: VersionInfo, since: float, sample: int
+    store: ProvenanceStore,
+    info: VersionInfo,
+    since: float,
+    sample: int,
+    tenant: str | None = None,
 ) -> tuple[list[ServedRow], int, int]:
-    """Up to ``sample`` rows ``info`` served since ``since`` (newest first), with the number
-    of records read and of records skipped (no inputs or no served values kept)."""
+    """Up to ``sample`` rows ``info`` served since ``since`` (newest first; only ``tenant``'s
+    when given), with the number of records read and of records skipped (no inputs or no
+    served values kept)."""
     rows: list[ServedRow] = []
     records = skipped = 0
     before: str | None = None
@@ -113,6 +118,7 @@ def served_rows(
                 version=info.version,
                 status="ok",
                 since=since,
+                tenant=tenant,
                 limit=_PAGE,
                 before=before,
             )
@@ -192,8 +198,11 @@ class FeatureStoreComponent(Component):
         self.metrics.feature_materialized.labels(repo).set(until.timestamp())
         return until
 
-    async def skew(self, info: VersionInfo, since: float, sample: int) -> SkewReport:
-        """Recompute up to ``sample`` rows ``info`` served since ``since`` and compare.
+    async def skew(
+        self, info: VersionInfo, since: float, sample: int, tenant: str | None = None
+    ) -> SkewReport:
+        """Recompute up to ``sample`` rows ``info`` served since ``since`` and compare; only
+        ``tenant``'s requests when given (the report's examples hold served values).
 
         Raises:
             InvalidInput: the version reads no stored features, or provenance is off.
@@ -210,7 +219,7 @@ class FeatureStoreComponent(Component):
         if self.flush is not None:
             await self.flush()
         found, report.records, report.skipped = await asyncio.to_thread(
-            served_rows, self.provenance, info, since, sample
+            served_rows, self.provenance, info, since, sample, tenant
         )
         report.rows = len(found)
         chosen = await asyncio.to_thread(self.online.selection, info)
@@ -218,6 +227,8 @@ class FeatureStoreComponent(Component):
         report.features, report.recomputed = await asyncio.to_thread(
             compare, store, config, chosen, found
         )
+        if tenant is not None:  # one tenant's share: not the model's gauge, nor an alert
+            return report
         for name, skew in report.features.items():
             self.metrics.feature_skew.labels(info.model, info.version, name).set(skew.rate)
         if report.over:

@@ -127,34 +127,54 @@ def bearer(authorization: str | None) -> str | None:
     return authorization.strip() if authorization.startswith(KEY_PREFIX) else None
 
 
-def _feature_scope(method: str, path: str) -> Scope:
-    """Features: calling and reading need ``predict``; a tenant's pins and overrides need
-    ``features``; pushing a spec needs ``models:write``."""
-    if "/tenant" in path:
+def _feature_scope(method: str, parts: list[str]) -> Scope:
+    """Features (``parts`` after ``/v1/features``): calling and reading need ``predict``; a
+    tenant's pins and overrides (``{name}/tenant...``) need ``features``; pushing a spec needs
+    ``models:write``. A feature may be named ``tenant-bot``: segments decide, not substrings."""
+    if len(parts) >= 2 and parts[1] == "tenant":
         return Scope.FEATURES
-    if method == "POST" and path.rstrip("/") == "/v1/features":
+    if method == "POST" and not parts:
         return Scope.MODELS_WRITE
     return Scope.PREDICT
+
+
+def _model_scope(method: str, parts: list[str]) -> Scope:
+    """Model routes (``parts`` after ``/v1/models``): by the segments after the model's name,
+    so a model named ``golden`` or ``deployment-bot`` is read and called with ``predict``."""
+    rest = parts[1:]
+    if rest[:1] == ["deployment"]:
+        return Scope.DEPLOY
+    if len(rest) == 3 and rest[0] == "versions":
+        if rest[2] in ("load", "unload") and method == "POST":
+            return Scope.DEPLOY
+        if rest[2] == "golden":
+            return Scope.MODELS_WRITE
+    return Scope.PREDICT
+
+
+def _segments(path: str, prefix: str) -> list[str] | None:
+    """The path's segments after ``prefix`` (a whole segment), or None when it is not under it."""
+    if path != prefix and not path.startswith(prefix + "/"):
+        return None
+    return [part for part in path[len(prefix) :].split("/") if part]
 
 
 def required_scope(method: str, path: str) -> Scope | None:
     """The scope an HTTP route needs, or None for public routes."""
     if path in PUBLIC_PATHS:
         return None
-    if path.startswith(("/v1/keys", "/v1/audit", "/metrics")):
-        return Scope.ADMIN
-    if path.startswith(("/v1/jobs", "/v1/batch", "/v1/webhooks")):
-        return Scope.JOBS
-    if path.startswith("/v1/provenance"):
-        return Scope.PROVENANCE
-    if method == "POST" and path.startswith("/v1/models/") and path.endswith(("/load", "/unload")):
-        return Scope.DEPLOY
-    if path.startswith("/v1/deployments") or (
-        path.startswith("/v1/models/") and "/deployment" in path
+    for prefixes, scope in (
+        (("/v1/keys", "/v1/audit", "/metrics"), Scope.ADMIN),
+        (("/v1/jobs", "/v1/batch", "/v1/webhooks"), Scope.JOBS),
+        (("/v1/provenance",), Scope.PROVENANCE),
+        (("/v1/deployments",), Scope.DEPLOY),
     ):
-        return Scope.DEPLOY
-    if path.startswith("/v1/models/") and path.endswith("/golden"):
-        return Scope.MODELS_WRITE
-    if path.startswith("/v1/features"):
-        return _feature_scope(method, path)
+        if any(_segments(path, prefix) is not None for prefix in prefixes):
+            return scope
+    models = _segments(path, "/v1/models")
+    if models:
+        return _model_scope(method, models)
+    features = _segments(path, "/v1/features")
+    if features is not None:
+        return _feature_scope(method, features)
     return Scope.PREDICT
