@@ -28,7 +28,7 @@ def test_one_port_for_http_and_grpc_is_refused_naming_both(
     monkeypatch.setenv("MODELHOST_HOME", str(tmp_path))
     monkeypatch.setenv("MODELHOST_SERVER__PORT", "9123")
     monkeypatch.setenv("MODELHOST_SERVER__GRPC_PORT", "9123")
-    with pytest.raises(ValueError, match="grpc_port and server.port are both 9123"):
+    with pytest.raises(ValueError, match=r"grpc_port and server\.port are both 9123"):
         Settings()
     monkeypatch.setenv("MODELHOST_SERVER__GRPC_PORT", "0")
     assert Settings().server.grpc_port == 0

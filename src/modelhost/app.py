@@ -22,8 +22,8 @@ from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
-from modelhost.api import openapi as openapi_doc
 from modelhost.api import openai as openai_api
+from modelhost.api import openapi as openapi_doc
 from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
