@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.v1 import json_response, read_body
-from modelhost.errors import InvalidInput
+from modelhost.errors import Forbidden, InvalidInput
 from modelhost.protocol.v1 import ErrorBody
-from modelhost.security.keys import Scope
+from modelhost.security.keys import SYSTEM_TENANT, Scope
 
 if TYPE_CHECKING:
     from modelhost.monitoring.drift import DriftMonitor
@@ -40,10 +40,18 @@ def build_router(monitor: DriftMonitor) -> APIRouter:
         responses=_ERRORS,
     )
     async def get_drift(
-        model: str, version: str | None = None, detail: str | None = None
+        model: str, request: Request, version: str | None = None, detail: str | None = None
     ) -> Response:
         if detail not in (None, "", "histograms"):
             raise InvalidInput("'detail' is 'histograms' or absent", param="detail")
+        who = principal_of(request.scope)
+        if detail == "histograms" and who.tenant != SYSTEM_TENANT:
+            # scores are model metadata; live shares describe every tenant's requests
+            raise Forbidden(
+                f"principal {who.id} may read the drift scores but not the live histograms: "
+                f"they mix every tenant's requests, so only tenant {SYSTEM_TENANT!r} reads them",
+                param="detail",
+            )
         name, _, pinned = model.partition("@")
         info = await monitor.manager.resolve(name, version or pinned or None)
         body = await monitor.describe(info, histograms=detail == "histograms")
