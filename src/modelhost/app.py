@@ -23,6 +23,7 @@ from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
 from modelhost.api import openai as openai_api
+from modelhost.api import openapi as openapi_doc
 from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
@@ -497,6 +498,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for component in services.components:
         for router in component.routers():
             app.include_router(router)
+    openapi_doc.install(app)
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware, tracer=services.plane.tracer)
     return app

@@ -27,13 +27,14 @@ from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
 from modelhost.api.jobs import principal_record
+from modelhost.api.openapi import body_of
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.config import JobSettings
 from modelhost.errors import InvalidInput, JobNotFound, PayloadTooLarge, UnsupportedMediaType
 from modelhost.jobs.base import Batch, BatchStatus, Job, JobStatus, NewBatch, NewJob, QueueBackend
 from modelhost.jobs.worker import Worker
 from modelhost.protocol.jobs import iso, poll_after
-from modelhost.protocol.v1 import ErrorBody
+from modelhost.protocol.v1 import BatchRequest, ErrorBody
 from modelhost.security.keys import Principal, Scope
 
 #: Batch priority names and the job priority their items run at (interactive jobs: 0).
@@ -55,8 +56,33 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _INLINE_FIELDS = frozenset(
     {"model", "inputs", "parameters", "priority", "idempotency_key", "metadata"}
 )
+_JSONL_OPTIONS = frozenset({"model", "priority", "idempotency_key"})
 _LINE_FIELDS = frozenset({"custom_id", "input", "parameters"})
 _METADATA_MAX_BYTES = 16 * 1024
+_JSONL_DOC: dict[str, Any] = {
+    "schema": {
+        "type": "string",
+        "description": 'One {"custom_id", "input", "parameters"} object per line; the options '
+        "go in the query string.",
+    }
+}
+_SUBMIT_DOC: dict[str, Any] = {
+    **body_of(BatchRequest, more={media: _JSONL_DOC for media in JSONL_MEDIA}),
+    "parameters": [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"{name} of a JSONL upload (a JSON body names it in the body).",
+            "schema": schema,
+        }
+        for name, schema in (
+            ("model", {"type": "string", "minLength": 1, "maxLength": 200}),
+            ("priority", {"type": "string", "enum": list(PRIORITIES)}),
+            ("idempotency_key", {"type": "string", "minLength": 1, "maxLength": 128}),
+        )
+    ],
+}
 _OVER = frozenset({BatchStatus.COMPLETED.value, BatchStatus.CANCELLED.value})
 
 
@@ -205,7 +231,7 @@ def parse_jsonl(body: bytes, max_items: int) -> list[Item]:
 def jsonl_submission(options: dict[str, Any], body: bytes, max_items: int) -> Submission:
     """A JSONL upload with its options (``model``, ``priority``, ``idempotency_key``) taken
     from the query string or the form."""
-    unknown = sorted(set(options) - {"model", "priority", "idempotency_key"})
+    unknown = sorted(set(options) - _JSONL_OPTIONS)
     if unknown:
         raise InvalidInput(f"unknown option {unknown[0]!r}", param=unknown[0])
     model = _model(options.get("model"))
@@ -291,13 +317,21 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
             param="content-type",
         )
     try:
-        return Upload(await _bounded_body(request, max_bytes, _JSON_MEDIA))
+        body = await _bounded_body(request, max_bytes, _JSON_MEDIA)
     except UnsupportedMediaType:
         raise UnsupportedMediaType(
             f"content type {media!r} is not accepted here; send application/json, or "
             "application/x-ndjson for a JSONL file",
             param="content-type",
         ) from None
+    misplaced = sorted(set(request.query_params) & _JSONL_OPTIONS)
+    if misplaced:  # silently ignoring them would run the batch with other options
+        raise InvalidInput(
+            f"{misplaced[0]!r} in the query string is an option of a JSONL upload; "
+            "a JSON body names it in the body",
+            param=misplaced[0],
+        )
+    return Upload(body)
 
 
 def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -448,7 +482,13 @@ def build_router(backend: QueueBackend, worker: Worker | None, settings: JobSett
     every submit."""
     router = APIRouter(tags=["batch"])
 
-    @router.post("/v1/batch/predict", summary="Submit a batch", status_code=202, responses=_ERRORS)
+    @router.post(
+        "/v1/batch/predict",
+        summary="Submit a batch",
+        status_code=202,
+        responses={**_ERRORS, 200: {"description": "A repeated idempotency_key: the first batch"}},
+        openapi_extra=_SUBMIT_DOC,
+    )
     async def submit(request: Request) -> Response:
         who = principal_of(request.scope)
         who.require(Scope.PREDICT)

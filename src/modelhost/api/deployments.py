@@ -23,9 +23,17 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.batch import JSONL_MEDIA
+from modelhost.api.openapi import body_of
 from modelhost.api.v1 import JSON_MEDIA, json_response, parse_json, read_body
 from modelhost.errors import Conflict, InvalidInput
-from modelhost.protocol.v1 import ErrorBody
+from modelhost.protocol.v1 import (
+    DeploymentPatch,
+    ErrorBody,
+    GoldenItemBody,
+    GoldenSetRequest,
+    PromoteRequest,
+    RollbackRequest,
+)
 from modelhost.registry import (
     DeploymentSpec,
     GuardPolicy,
@@ -181,6 +189,44 @@ def _jsonl_registration(raw: bytes, query: Mapping[str, str]) -> dict[str, Any]:
     if "field" in query:
         payload["field"] = query["field"]
     return payload
+
+
+def _body_doc(model: Any) -> dict[str, Any]:
+    """An optional JSON body (an empty body is ``{}``)."""
+    return body_of(model, required=False)
+
+
+_JSONL_LINES: dict[str, Any] = {
+    "schema": {"type": "string", "description": 'One {"input", "expected"} per line.'}
+}
+_GOLDEN_DOC: dict[str, Any] = {
+    **body_of(
+        GoldenSetRequest,
+        more={media: _JSONL_LINES for media in JSONL_MEDIA},
+    ),
+    "parameters": [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"The gate of a JSONL golden set: {text}.",
+            "schema": {"type": "string"} if name == "field" else {"type": "number"},
+        }
+        for name, text in (
+            ("accuracy", "least accuracy"),
+            ("mae", "largest mean absolute error"),
+            ("rmse", "largest root mean squared error"),
+            ("field", "the result field compared"),
+        )
+    ],
+}
+# a bare array of items is accepted too
+_GOLDEN_DOC["requestBody"]["content"]["application/json"]["schema"] = {
+    "anyOf": [
+        GoldenSetRequest.model_json_schema(),
+        {"type": "array", "minItems": 1, "items": GoldenItemBody.model_json_schema()},
+    ]
+}
 
 
 def _since(request: Request, spec: DeploymentSpec) -> datetime:
@@ -381,6 +427,19 @@ def build_router(
             "Register the golden set a version's promotion gate evaluates (JSON or JSONL)",
         ),
     ]
+    bodies = {
+        routes.patch_deployment: _body_doc(DeploymentPatch),
+        routes.promote: _body_doc(PromoteRequest),
+        routes.rollback: _body_doc(RollbackRequest),
+        routes.put_golden: _GOLDEN_DOC,
+    }
     for method, path, handler, summary in table:
-        router.add_api_route(path, handler, methods=[method], summary=summary, responses=_ERRORS)
+        router.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            summary=summary,
+            responses=_ERRORS,
+            openapi_extra=bodies.get(handler),
+        )
     return router

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.openapi import json_body
 from modelhost.api.v1 import json_response, read_body
 from modelhost.errors import Forbidden, InvalidInput
 from modelhost.protocol.v1 import ErrorBody
@@ -29,6 +30,15 @@ REFERENCE_MEDIA = (
     "application/x-jsonlines",
 )
 
+_TEXT: dict[str, Any] = {"schema": {"type": "string"}}
+_REFERENCE_DOC = json_body(
+    {
+        "type": "array",
+        "description": "The version's inputs, one per row, as sent to predict.",
+    },
+    more={media: _TEXT for media in REFERENCE_MEDIA if media != "application/json"},
+)
+
 
 def build_router(monitor: DriftMonitor) -> APIRouter:
     """The drift routes over ``monitor``."""
@@ -40,7 +50,10 @@ def build_router(monitor: DriftMonitor) -> APIRouter:
         responses=_ERRORS,
     )
     async def get_drift(
-        model: str, request: Request, version: str | None = None, detail: str | None = None
+        model: str,
+        request: Request,
+        version: str | None = None,
+        detail: str | None = Query(None, json_schema_extra={"enum": ["histograms", ""]}),
     ) -> Response:
         if detail not in (None, "", "histograms"):
             raise InvalidInput("'detail' is 'histograms' or absent", param="detail")
@@ -61,6 +74,7 @@ def build_router(monitor: DriftMonitor) -> APIRouter:
         "/v1/models/{model}/versions/{version}/drift/reference",
         summary="Supply a version's reference data (CSV, JSONL or JSON rows)",
         responses=_ERRORS,
+        openapi_extra=_REFERENCE_DOC,
     )
     async def put_reference(model: str, version: str, request: Request) -> Response:
         who = principal_of(request.scope)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from modelhost.api.openapi import allowed_methods
 from modelhost.errors import (
     BudgetExceeded,
     ConfigError,
@@ -132,10 +133,17 @@ async def _modelhost(request: Request, exc: Exception) -> Response:
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     kind = _HTTP_TYPES.get(exc.status_code, "http_error")
-    response = error_body(
-        exc.status_code, kind, str(exc.detail), param=None, rid=request_id(request)
-    )
-    for key, value in (exc.headers or {}).items():
+    message = str(exc.detail)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route whose path matched; a path served by
+        # several routes (GET and POST /v1/keys) accepts the methods of all of them
+        routed = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
+        every = routed | allowed_methods(request.app, request.url.path)
+        headers["Allow"] = ", ".join(sorted(every))
+        message = f"method {request.method} is not allowed here; use {headers['Allow']}"
+    response = error_body(exc.status_code, kind, message, param=None, rid=request_id(request))
+    for key, value in headers.items():
         response.headers[key] = value
     return response
 

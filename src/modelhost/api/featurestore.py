@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
@@ -101,7 +101,7 @@ def build_router(component: FeatureStoreComponent) -> APIRouter:
         model: str,
         request: Request,
         since: str = "1h",
-        sample: int = 200,
+        sample: int = Query(200, json_schema_extra={"minimum": 1, "maximum": _MAX_SAMPLE}),
         version: str | None = None,
     ) -> Response:
         who = principal_of(request.scope)

@@ -33,10 +33,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.openapi import json_body
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import Conflict, InvalidInput, NotFound
 from modelhost.monitoring.feedback import Feedback, FeedbackStore
-from modelhost.protocol.v1 import ErrorBody
+from modelhost.protocol.v1 import FEEDBACK_SCHEMA, ErrorBody
 from modelhost.provenance.recorder import Recorder
 from modelhost.provenance.store import ProvenanceStore, Record
 
@@ -194,6 +195,7 @@ def build_router(
         "/v1/predictions/{request_id}/feedback",
         summary="Say how right an answer was (true labels or a score)",
         responses=_ERRORS,
+        openapi_extra=json_body(FEEDBACK_SCHEMA),
     )
     async def give_feedback(request_id: str, request: Request) -> Response:
         who = principal_of(request.scope)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from modelhost.api.v1 import json_response
 from modelhost.serving.models import ModelManager, ModelState
+
+#: The body of ``/readyz``, ready or not.
+_READINESS: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "models", "failed"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "starting"]},
+        "models": {"type": "object", "additionalProperties": {"type": "string"}},
+        "failed": {"type": "array", "items": {"type": "string"}},
+        "error": {"type": "string", "description": "What went wrong at start-up, if anything."},
+    },
+}
 
 
 class Readiness:
@@ -27,7 +40,17 @@ def build_router(manager: ModelManager, readiness: Readiness) -> APIRouter:
     async def healthz() -> Response:
         return json_response({"status": "ok", "pid": os.getpid()})
 
-    @router.get("/readyz", summary="Readiness: start-up loading finished")
+    @router.get(
+        "/readyz",
+        summary="Readiness: start-up loading finished",
+        responses={
+            200: {"content": {"application/json": {"schema": _READINESS}}},
+            503: {
+                "description": "Still starting (Retry-After: 1)",
+                "content": {"application/json": {"schema": _READINESS}},
+            },
+        },
+    )
     async def readyz() -> Response:
         states = {d.ref: d.state.value for d in manager.deployments()}
         body = {

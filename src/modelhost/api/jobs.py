@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
+from modelhost.api.openapi import SSE_EVENT, body_of
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput, JobNotFound
 from modelhost.jobs.base import EventKind, Job, JobStatus, NewJob, QueueBackend
@@ -26,7 +27,7 @@ from modelhost.jobs.events import TokenBus
 from modelhost.jobs.webhooks import CallbackPolicy
 from modelhost.jobs.worker import Worker
 from modelhost.protocol.jobs import event_view, job_view, poll_after
-from modelhost.protocol.v1 import ErrorBody
+from modelhost.protocol.v1 import ErrorBody, JobRequest
 from modelhost.registry import storable
 from modelhost.security.keys import Principal, Scope
 
@@ -38,6 +39,10 @@ _FIELDS = frozenset(
 )
 #: Events after which a job does not change.
 _FINAL = frozenset({EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED, EventKind.EXPIRED})
+_EVENTS_DOC: dict[str, Any] = {
+    "description": "Server-sent events until the job finishes",
+    "content": {"text/event-stream": {"schema": SSE_EVENT}},
+}
 #: Seconds between keep-alive comments on an idle event stream.
 _KEEPALIVE_S = 15.0
 
@@ -216,7 +221,13 @@ def build_router(submitter: Submitter, stream: EventStream, *, max_body: int) ->
     router = APIRouter(tags=["jobs"])
     backend = submitter.backend
 
-    @router.post("/v1/jobs", summary="Submit an async job", status_code=202, responses=_ERRORS)
+    @router.post(
+        "/v1/jobs",
+        summary="Submit an async job",
+        status_code=202,
+        responses={**_ERRORS, 200: {"description": "A repeated idempotency_key: the first job"}},
+        openapi_extra=body_of(JobRequest),
+    )
     async def submit(request: Request) -> Response:
         who = principal_of(request.scope)
         return await submitter.submit(parse_json(await read_body(request, max_body)), who)
@@ -258,7 +269,7 @@ def build_router(submitter: Submitter, stream: EventStream, *, max_body: int) ->
     @router.get(
         "/v1/jobs/{job_id}/events",
         summary="Follow a job: status changes and LLM tokens as server-sent events",
-        responses=_ERRORS,
+        responses={**_ERRORS, 200: _EVENTS_DOC},
     )
     async def job_events(job_id: str, request: Request) -> Response:
         tenant = principal_of(request.scope).tenant

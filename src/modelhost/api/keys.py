@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.openapi import body_of, error_responses
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput
 from modelhost.security.keys import SYSTEM_TENANT, KeyStore, NewKey, Principal
@@ -28,7 +29,7 @@ class KeyRequest(BaseModel):
     tenant: str | None = Field(default=None, min_length=1, max_length=64)
     scopes: list[str] = Field(default_factory=lambda: ["predict"])
     description: str = Field(default="", max_length=256)
-    expires_in_days: float | None = Field(default=None, gt=0)
+    expires_in_days: float | None = Field(default=None, gt=0, le=36500)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     budget: float | None = Field(default=None, ge=0)
@@ -48,7 +49,13 @@ def build_router(keys: KeyStore) -> APIRouter:
     """Key management and audit routes."""
     router = APIRouter(tags=["admin"])
 
-    @router.post("/v1/keys", summary="Create an API key (shown once)", status_code=201)
+    @router.post(
+        "/v1/keys",
+        summary="Create an API key (shown once)",
+        status_code=201,
+        responses=error_responses(400, 413, 415),
+        openapi_extra=body_of(KeyRequest),
+    )
     async def create(request: Request) -> Response:
         principal = principal_of(request.scope)
         try:

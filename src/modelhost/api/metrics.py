@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from modelhost.monitoring.metrics import Metrics
 
@@ -14,7 +14,12 @@ def build_router(metrics: Metrics) -> APIRouter:
     """The ``/metrics`` route, bound to one :class:`Metrics`."""
     router = APIRouter(tags=["monitoring"])
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def scrape() -> Response:
         # in a thread: some families are read at scrape time from the database (job counts)
         body = await asyncio.to_thread(metrics.exposition)

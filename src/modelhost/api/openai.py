@@ -25,7 +25,9 @@ from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
+from modelhost.api.openapi import SSE_EVENT, json_body
 from modelhost.api.v1 import (
+    INFER_ERRORS,
     answer_headers,
     json_response,
     no_cache,
@@ -41,10 +43,10 @@ from modelhost.protocol.openai import (
     CompletionRequest,
     EmbeddingRequest,
     OpenAIBody,
+    body_schema,
     embedding_list,
     parse_body,
 )
-from modelhost.protocol.v1 import ErrorBody
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import StreamChunk, Usage
 from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
@@ -53,8 +55,9 @@ from modelhost.serving.router import SESSION_HEADER
 log = logging.getLogger("modelhost.api.openai")
 
 _JSON = "application/json"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+#: A completion's 200: JSON, or server-sent events with ``"stream": true``.
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}
 }
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
@@ -338,27 +341,6 @@ def _new_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
 
 
-def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """``node`` with every ``#/$defs/...`` reference replaced by its definition."""
-    if isinstance(node, list):
-        return [_inline(item, defs) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        return _inline(defs[ref.removeprefix("#/$defs/")], defs)
-    return {key: _inline(value, defs) for key, value in node.items()}
-
-
-def _body_doc(kind: type[OpenAIBody]) -> dict[str, Any]:
-    """The request body for OpenAPI, self-contained (pydantic's ``$defs`` inlined)."""
-    schema = kind.model_json_schema()
-    defs = schema.pop("$defs", {})
-    return {
-        "requestBody": {"required": True, "content": {_JSON: {"schema": _inline(schema, defs)}}}
-    }
-
-
 def build_router(plane: DataPlane) -> APIRouter:
     """The OpenAI-compatible routes, bound to one data plane."""
     routes = OpenAIRoutes(plane)
@@ -373,7 +355,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             handler,
             methods=["POST"],
             summary=f"{summary} (OpenAI-compatible)",
-            responses=_ERRORS,
-            openapi_extra=_body_doc(kind),
+            responses={**INFER_ERRORS, **({} if kind is EmbeddingRequest else _STREAMED)},
+            openapi_extra=json_body(body_schema(kind)),
         )
     return router

@@ -24,15 +24,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.openapi import body_of
 from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput, NotFound
-from modelhost.protocol.v1 import ErrorBody
+from modelhost.protocol.v1 import ErrorBody, ReplayRequest, ReplayWindowRequest
 from modelhost.provenance.replay import Replayer, Window
 from modelhost.provenance.store import ProvenanceStore, Query, Record
 from modelhost.security.keys import Principal
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 429)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 429, 503, 504)
 }
 _FILTERS = frozenset(
     {
@@ -215,6 +216,7 @@ def build_router(
         "/v1/provenance/replay",
         summary="Replay a time window of a model's requests against a version",
         responses=_ERRORS,
+        openapi_extra=body_of(ReplayWindowRequest),
     )
     async def replay_window(request: Request) -> Response:
         who = principal_of(request.scope)
@@ -230,6 +232,7 @@ def build_router(
         "/v1/provenance/{request_id}/replay",
         summary="Run a recorded request again and compare the answers",
         responses=_ERRORS,
+        openapi_extra=body_of(ReplayRequest, required=False),
     )
     async def replay_one(request_id: str, request: Request) -> Response:
         who = principal_of(request.scope)

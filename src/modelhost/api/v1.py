@@ -14,8 +14,9 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id
+from modelhost.api.openapi import error_responses
 from modelhost.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from modelhost.protocol.v1 import ErrorBody, PredictRequest, PredictResponse
+from modelhost.protocol.v1 import PredictRequest, PredictResponse
 from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.security.keys import Auditor, Principal
 from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
@@ -23,9 +24,10 @@ from modelhost.serving.models import Deployment, ModelManager
 from modelhost.serving.router import SESSION_HEADER
 
 _JSON = "application/json"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
-}
+#: What an inference answers besides 200 (401/403 come from the authentication middleware).
+INFER_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504)
+_META_ERRORS = error_responses(400, 404)
+_LOAD_ERRORS = error_responses(404, 503)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -287,7 +289,7 @@ def build_router(
         data = [_listing(m, manager) for m in sorted(manager.models(), key=lambda m: m.name)]
         return json_response({"object": "list", "data": data})
 
-    @router.get("/v1/models/{model}", summary="Model metadata", responses=_ERRORS)
+    @router.get("/v1/models/{model}", summary="Model metadata", responses=_META_ERRORS)
     async def get_model(model: str, request: Request) -> Response:
         name, _, pinned = model.partition("@")
         info = await manager.resolve(name, version_header(model, request) or pinned or None)
@@ -320,7 +322,10 @@ def build_router(
         methods=["POST"],
         summary="Predict",
         response_model=PredictResponse,
-        responses=_ERRORS,
+        responses={
+            **INFER_ERRORS,
+            202: {"description": 'Queued as a job ("async": true): the job, as POST /v1/jobs'},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -331,7 +336,9 @@ def build_router(
     )
 
     @router.post(
-        "/v1/models/{model}/versions/{version}/load", summary="Load a version", responses=_ERRORS
+        "/v1/models/{model}/versions/{version}/load",
+        summary="Load a version",
+        responses=_LOAD_ERRORS,
     )
     async def load(model: str, version: str, request: Request) -> Response:
         info = await manager.resolve(model, version)
@@ -343,7 +350,7 @@ def build_router(
     @router.post(
         "/v1/models/{model}/versions/{version}/unload",
         summary="Unload a version",
-        responses=_ERRORS,
+        responses=_LOAD_ERRORS,
     )
     async def unload(model: str, version: str, request: Request) -> Response:
         info = await manager.resolve(model, version)

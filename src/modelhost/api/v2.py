@@ -27,6 +27,7 @@ from modelhost import __version__
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.health import Readiness
+from modelhost.api.openapi import body_of, error_responses
 from modelhost.api.v1 import JSON_MEDIA, json_response, no_cache, read_body
 from modelhost.errors import InvalidInput, ModelhostError
 from modelhost.protocol.v2 import (
@@ -34,10 +35,12 @@ from modelhost.protocol.v2 import (
     InferRequestBody,
     InferResponseBody,
     ModelMetadataBody,
+    ModelReadyBody,
     RequestedOutput,
+    ServerLiveBody,
     ServerMetadataBody,
+    ServerReadyBody,
     Tensor,
-    V2ErrorBody,
     V2Request,
     V2Response,
     check_datatype,
@@ -56,14 +59,39 @@ from modelhost.serving.router import SESSION_HEADER
 
 _JSON = "application/json"
 _HEADER_LENGTH = "Inference-Header-Content-Length"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": V2ErrorBody} for code in (400, 404, 413, 503, 504)
+_ERRORS = error_responses(400, 404, v2=True)
+_INFER_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504, v2=True)
+_BINARY: dict[str, Any] = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "The JSON header (its length in Inference-Header-Content-Length), then "
+        "the binary tensor data.",
+    }
 }
 _INFER_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {_JSON: {"schema": InferRequestBody.model_json_schema()}},
-    }
+    **body_of(InferRequestBody, more={"application/octet-stream": _BINARY}),
+    "parameters": [
+        {
+            "name": _HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Bytes of JSON before the binary tensor data.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ],
+}
+_READY: dict[int | str, dict[str, Any]] = {
+    200: {"model": ModelReadyBody, "description": "The version serves now"},
+    503: {"model": ModelReadyBody, "description": "The version does not serve now"},
+}
+_SERVER_READY: dict[int | str, dict[str, Any]] = {
+    200: {"model": ServerReadyBody, "description": "Start-up loading finished"},
+    503: {
+        "model": ServerReadyBody,
+        "description": "Still starting",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
 }
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -299,13 +327,19 @@ def build_router(plane: DataPlane, readiness: Readiness) -> APIRouter:
     do = _Endpoints(plane, readiness)
     router = APIRouter(tags=["v2"], route_class=V2Route)
 
-    @router.get("/v2/health/live", summary="Server liveness")
+    @router.get("/v2/health/live", summary="Server liveness", response_model=ServerLiveBody)
     async def live() -> Response:
         return json_response({"live": True})
 
-    @router.get("/v2/health/ready", summary="Server readiness (start-up loading finished)")
+    @router.get(
+        "/v2/health/ready",
+        summary="Server readiness (start-up loading finished)",
+        responses=_SERVER_READY,
+    )
     async def ready() -> Response:
-        return json_response({"ready": readiness.ready}, 200 if readiness.ready else 503)
+        if readiness.ready:
+            return json_response({"ready": True})
+        return json_response({"ready": False}, 503, headers={"Retry-After": "1"})
 
     @router.get("/v2", summary="Server metadata", response_model=ServerMetadataBody)
     async def server_metadata() -> Response:
@@ -316,7 +350,7 @@ def build_router(plane: DataPlane, readiness: Readiness) -> APIRouter:
     meta: dict[str, Any] = {"response_model": ModelMetadataBody, "responses": _ERRORS}
     post: dict[str, Any] = {
         "response_model": InferResponseBody,
-        "responses": _ERRORS,
+        "responses": _INFER_ERRORS,
         "openapi_extra": _INFER_DOC,
     }
 
@@ -328,14 +362,16 @@ def build_router(plane: DataPlane, readiness: Readiness) -> APIRouter:
     async def get_version(model: str, version: str) -> Response:
         return await do.metadata(model, version)
 
-    @router.get("/v2/models/{model}/ready", summary="Model readiness", responses=_ERRORS)
+    @router.get(
+        "/v2/models/{model}/ready", summary="Model readiness", responses={**_ERRORS, **_READY}
+    )
     async def get_model_ready(model: str) -> Response:
         return await do.ready(model, None)
 
     @router.get(
         "/v2/models/{model}/versions/{version}/ready",
         summary="Version readiness",
-        responses=_ERRORS,
+        responses={**_ERRORS, **_READY},
     )
     async def get_version_ready(model: str, version: str) -> Response:
         return await do.ready(model, version)

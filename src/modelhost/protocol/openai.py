@@ -119,6 +119,22 @@ class OpenAIBody(BaseModel):
                 )
 
 
+def body_schema(kind: type[OpenAIBody]) -> dict[str, Any]:
+    """The JSON schema of a request body as the server reads it: the model's fields, the
+    OpenAI parameters accepted with their neutral values only, the ones ignored, and nothing
+    else (an unknown field is refused by name)."""
+    schema = kind.model_json_schema()
+    properties = schema.setdefault("properties", {})
+    for name, values in _NEUTRAL.items():
+        properties.setdefault(
+            name, {"enum": list(values), "description": "Accepted with this value only."}
+        )
+    for name in sorted(_IGNORED):
+        properties.setdefault(name, {"description": "Accepted and ignored."})
+    schema["additionalProperties"] = False
+    return schema
+
+
 class StreamOptions(BaseModel):
     """``stream_options``."""
 

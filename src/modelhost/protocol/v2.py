@@ -738,6 +738,27 @@ class ModelMetadataBody(BaseModel):
     outputs: list[TensorMetadataBody]
 
 
+class ServerLiveBody(BaseModel):
+    """Answer of ``GET /v2/health/live``."""
+
+    live: bool
+
+
+class ServerReadyBody(BaseModel):
+    """Answer of ``GET /v2/health/ready`` (200 ready, 503 still starting)."""
+
+    ready: bool
+
+
+class ModelReadyBody(BaseModel):
+    """Answer of ``GET /v2/models/{model}[/versions/{version}]/ready``: 200 when the version
+    serves now, 503 (with this same body, ``ready: false``) when it does not."""
+
+    name: str
+    version: str
+    ready: bool
+
+
 class V2ErrorBody(BaseModel):
     """Every v2 error: ``error`` is the message, as v2 clients (tritonclient) expect."""
 

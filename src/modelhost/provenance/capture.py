@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import zlib
 from collections.abc import Callable
 from enum import StrEnum
@@ -33,9 +34,11 @@ from modelhost.security.keys import ANONYMOUS
 from modelhost.security.ratelimit import price_of
 from modelhost.serving.observers import InferenceEvent
 
-#: 40 random bits per record id (uniqueness is needed, not unpredictability; the generator
-#: is reseeded in forked processes).
-_random_bits = random.getrandbits
+#: 40 random bits per record id, from the operating system: uniqueness is needed, and the
+#: ``random`` module's shared generator may be reseeded by anyone in the process (Hypothesis
+#: does, per example), which made ids of records started in the same microsecond collide
+#: and lost the whole batch they were written in.
+_random_bits = secrets.randbits
 #: The columns of a record, in the order :meth:`RowBuilder.values` gives them (the table's).
 COLUMNS = (
     "id",
