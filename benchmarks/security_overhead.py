@@ -23,9 +23,10 @@ import yaml
 
 from modelhost.app import build_services
 from modelhost.config import Settings
+from modelhost.inference import InferenceRequest
 from modelhost.registry import Stage
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import DataPlane, InferenceRequest
+from modelhost.serving.dataplane import DataPlane
 
 FLOWER = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 TEXT = "Please write to jane.doe@example.com about order 1234; the weather is fine today."

@@ -75,8 +75,8 @@ def serve(port: int, gate: bool) -> None:
 
     from modelhost.app import create_app
     from modelhost.config import Settings
-    from modelhost.serving.shadow import RunnerOptions, ShadowRunner, build_shadow
-    from modelhost.serving.shadow_stats import ShadowStore
+    from modelhost.rollouts.shadow import RunnerOptions, ShadowRunner, build_shadow
+    from modelhost.rollouts.store import ShadowStore
 
     app = create_app(Settings())
     services = app.state.services

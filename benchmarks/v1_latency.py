@@ -81,7 +81,7 @@ def _http(port: int, n: int, key: str) -> list[float]:
 def _in_process(home: Path, n: int) -> tuple[list[float], list[float]]:
     from modelhost.app import build_services
     from modelhost.config import Settings
-    from modelhost.serving.dataplane import InferenceRequest
+    from modelhost.inference import InferenceRequest
 
     settings = Settings(home=home)
     services = build_services(settings)

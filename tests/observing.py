@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from modelhost.inference import InferenceEvent, InferenceObserver
 
 
 class Capture(InferenceObserver):

@@ -16,14 +16,19 @@ from fastapi import FastAPI
 from modelhost import __version__
 from modelhost.api import batch as batch_api
 from modelhost.api import deployments as deployments_api
+from modelhost.api import drift as drift_api
 from modelhost.api import errors as api_errors
 from modelhost.api import features as features_api
+from modelhost.api import featurestore as featurestore_api
+from modelhost.api import feedback as feedback_api
 from modelhost.api import health, v1
 from modelhost.api import jobs as jobs_api
 from modelhost.api import keys as keys_api
 from modelhost.api import metrics as metrics_api
 from modelhost.api import openai as openai_api
 from modelhost.api import openapi as openapi_doc
+from modelhost.api import provenance as provenance_api
+from modelhost.api import usage as usage_api
 from modelhost.api import v2 as v2_api
 from modelhost.api import webhooks as webhooks_api
 from modelhost.api.auth import AuthMiddleware
@@ -33,18 +38,22 @@ from modelhost.components import Component
 from modelhost.config import Settings
 from modelhost.errors import ConfigError, Conflict, MissingDependencyError
 from modelhost.features.component import FeaturesComponent, build_features
-from modelhost.featurestore.component import build_feature_store
+from modelhost.featurestore.component import FeatureStoreComponent, build_feature_store
 from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import build_deliverer
 from modelhost.jobs.worker import WorkerOptions
-from modelhost.monitoring.drift import build_drift
-from modelhost.monitoring.feedback import FeedbackStore, build_feedback
+from modelhost.monitoring.drift import DriftMonitor, build_drift
+from modelhost.monitoring.feedback import FeedbackStore
 from modelhost.monitoring.metrics import Metrics
 from modelhost.monitoring.tracing import Tracer, build_tracer
-from modelhost.monitoring.usage import build_usage
-from modelhost.provenance import build_provenance
+from modelhost.monitoring.usage import UsageComponent, build_usage
+from modelhost.provenance import ProvenanceComponent, build_provenance
 from modelhost.registry import ArtifactStore, Registry, make_engine
+from modelhost.rollouts.monitor import build_rollouts
+from modelhost.rollouts.promotion import Promoter
+from modelhost.rollouts.shadow import build_shadow
+from modelhost.rollouts.store import RolloutStatsStore, ShadowStore
 from modelhost.runtimes import Runtime
 from modelhost.security.access import AccessControl
 from modelhost.security.auth import Authenticator, JwtOptions
@@ -52,13 +61,9 @@ from modelhost.security.injection import InjectionDetector, embedder_from_runtim
 from modelhost.security.keys import KeyStore, NewKey, Scope
 from modelhost.security.ratelimit import LimitDefaults, RateLimiter
 from modelhost.serving.breaker import Breakers
+from modelhost.serving.cascade import CascadeHandler
 from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import ModelManager
-from modelhost.serving.promotion import Promoter
-from modelhost.serving.rollout_stats import RolloutStatsStore
-from modelhost.serving.rollouts import build_rollouts
-from modelhost.serving.shadow import build_shadow
-from modelhost.serving.shadow_stats import ShadowStore
 from modelhost.webhooks.egress import Egress, build_egress
 from modelhost.webhooks.signing import webhook_master_secret
 
@@ -87,10 +92,17 @@ class Services:
     feedback: FeedbackStore
     egress: Egress
     """Every request to a user-named URL (job callbacks, alerts) goes through this one."""
+    provenance: ProvenanceComponent
+    """The record of every inference, and replays."""
+    features: FeaturesComponent
+    """Tenant pins and overrides of features, conversation sessions."""
+    drift: DriftMonitor
+    usage: UsageComponent | None
+    """None when usage accounting is switched off."""
+    feature_store: FeatureStoreComponent
     components: list[Component] = field(default_factory=list)
-    """Provenance, drift, usage: built by :func:`build_components` once the rest exists."""
-    features: FeaturesComponent | None = None
-    """Tenant pins and overrides of features, conversation sessions (one of ``components``)."""
+    """Every subsystem with observers or background work (the ones above, rollouts, shadows):
+    gathered by :func:`build_components` once the rest exists."""
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -214,6 +226,7 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         lambda: ((d.info.model, d.info.version, d.state.value) for d in manager.deployments())
     )
     keys, authenticator, access = build_security(settings, registry, manager)
+    features = build_features(registry.engine, settings.inference.refresh_interval_s)
     plane = DataPlane(
         manager,
         threads=threads,
@@ -226,11 +239,16 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         observers=[metrics.observer()],
         tracer=tracer if tracer is not None else build_tracer(settings.tracing),
         breakers=Breakers(settings.breaker, metrics),
+        handlers=(CascadeHandler(), features.runner),
+        cache=build_response_cache(settings, manager),
     )
-    plane.cache = build_response_cache(settings, manager)
+    plane.router.pins = features.controls
     egress = build_egress(settings, plane.tracer, metrics)
     jobs, worker, bus = build_jobs(settings, registry, plane, egress)
     metrics.watch_jobs(jobs.depth)
+    provenance = build_provenance(settings.provenance, registry.engine, plane, metrics.registry)
+    feature_store = build_feature_store(settings, manager, metrics, egress, provenance)
+    plane.stored_features = feature_store.online
     services = Services(
         settings=settings,
         registry=registry,
@@ -246,22 +264,26 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         promoter=Promoter(registry, plane),
         feedback=FeedbackStore(registry.engine),
         egress=egress,
+        provenance=provenance,
+        features=features,
+        drift=build_drift(settings, registry, manager, metrics, egress),
+        usage=build_usage(settings.usage, registry.engine),
+        feature_store=feature_store,
     )
     build_components(services)
     return services
 
 
 def build_components(services: Services) -> None:
-    """Build the subsystems that hang off the data plane and hand the plane their observers."""
-    provenance = build_provenance(services)
-    services.features = build_features(services)
+    """Gather the subsystems that hang off the data plane (building those that need the
+    services) and hand the plane their observers."""
+    usage = [services.usage] if services.usage is not None else []
     services.components = [
         services.features,
-        provenance,
-        build_drift(services),
-        build_usage(services),
-        build_feedback(services, provenance),
-        build_feature_store(services, provenance),
+        services.provenance,
+        services.drift,
+        *usage,
+        services.feature_store,
         build_rollouts(services),
         build_shadow(services),
     ]
@@ -424,6 +446,29 @@ def _shadow_reports(store: ShadowStore) -> deployments_api.ShadowReports:
     return reports
 
 
+def include_subsystem_routers(app: FastAPI, services: Services) -> None:
+    """Mount the routes over the subsystems' objects: provenance, drift, usage (when it is
+    on), feedback (joined through provenance) and the feature store."""
+    provenance = services.provenance
+    app.include_router(
+        provenance_api.build_router(
+            provenance.store, provenance.replayer, flush_interval_s=provenance.flush_interval_s
+        )
+    )
+    app.include_router(drift_api.build_router(services.drift))
+    if services.usage is not None:
+        app.include_router(usage_api.build_router(services.usage))
+    app.include_router(
+        feedback_api.build_router(
+            services.feedback,
+            provenance.store,
+            provenance.recorder,
+            flush_interval_s=provenance.flush_interval_s,
+        )
+    )
+    app.include_router(featurestore_api.build_router(services.feature_store))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI application and everything it serves."""
     settings = settings or Settings()
@@ -489,15 +534,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.include_router(webhooks_api.build_router(webhook_master_secret(settings)))
-    if services.features is not None:
-        app.include_router(
-            features_api.build_router(
-                services.plane, services.registry, services.features, submitter.submit
-            )
+    app.include_router(
+        features_api.build_router(
+            services.plane, services.registry, services.features, submitter.submit
         )
-    for component in services.components:
-        for router in component.routers():
-            app.include_router(router)
+    )
+    include_subsystem_routers(app, services)
     openapi_doc.install(app)
     app.add_middleware(AuthMiddleware, authenticator=services.authenticator)
     app.add_middleware(RequestIdMiddleware, tracer=services.plane.tracer)

@@ -1,9 +1,10 @@
 """The optional subsystems that hang off the data plane (provenance, drift, usage).
 
-Each is a :class:`Component` built by the composition root from the finished
-:class:`~modelhost.app.Services`: it may watch inferences (observers on the data plane), serve
-routes, and run background work between :meth:`Component.start` and :meth:`Component.stop`,
-in servers and in ``modelhost worker`` processes alike.
+Each is a :class:`Component` the composition root builds from the collaborators it names: it
+may watch inferences (observers on the data plane) and run background work between
+:meth:`Component.start` and :meth:`Component.stop`, in servers and in ``modelhost worker``
+processes alike. A component offers plain objects; which of them are served over HTTP, and
+how, is the business of ``modelhost.api`` and the composition root that mounts its routers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter
-
-from modelhost.serving.observers import InferenceObserver
+from modelhost.inference import InferenceObserver
 
 log = logging.getLogger("modelhost")
 
@@ -26,10 +25,6 @@ class Component:
 
     def observers(self) -> list[InferenceObserver]:
         """Observers to add to the data plane."""
-        return []
-
-    def routers(self) -> list[APIRouter]:
-        """HTTP routes to serve (not mounted in worker processes)."""
         return []
 
     async def start(self) -> None:

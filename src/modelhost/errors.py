@@ -38,6 +38,17 @@ business.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+#: Parts of a pydantic error location that name a union member rather than a field.
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+_TAG = re.compile(r"[^A-Za-z0-9_]")
+
 
 class ModelhostError(Exception):
     """Base of every error modelhost raises on purpose."""
@@ -187,3 +198,51 @@ class MissingDependencyError(ModelhostError):
         )
         self.package = package
         self.extra = extra
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of a failure, at most 500 characters: what a webhook delivery, an
+    alert or a promotion gate records about an attempt that raised."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"[:500]
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    """``("messages", 0, "content", "str")`` → ``messages[0].content`` (the parts pydantic
+    adds to name a union's member, like ``str`` or ``function-after[...]``, are left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (_TAG.search(part) or part in _SCALAR_TAGS):
+            out += f".{part}" if out else part
+    return out
+
+
+def invalid_input(
+    error: ValidationError,
+    *,
+    where: str | None = None,
+    root: str = "body",
+    kind: type[ModelhostError] = InvalidInput,
+) -> ModelhostError:
+    """The error to raise for a pydantic validation error: it names the first wrong field
+    (``param``, a path like ``messages[0].content``; ``root`` when the whole value is wrong)
+    and what is wrong with it, the messages of a union's alternatives joined with "or".
+
+    Args:
+        error: what pydantic raised.
+        where: what was validated, to start the message with (a file, a golden set).
+        root: the ``param`` of an error about the value as a whole.
+        kind: the class to build (a ``ManifestError`` for a file the operator wrote).
+    """
+    errors = error.errors(include_url=False)
+    param = _path(errors[0]["loc"]) or root
+    messages: list[str] = []
+    for item in errors:
+        text = str(item["msg"]).removeprefix("Value error, ")  # pydantic's, on a validator's
+        text = text[:1].lower() + text[1:]
+        if (_path(item["loc"]) or root) == param and text not in messages:
+            messages.append(text)
+    prefix = f"{where}: " if where else ""
+    return kind(f"{prefix}{param}: {', or '.join(messages)}", param=param)

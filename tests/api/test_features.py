@@ -27,6 +27,7 @@ from modelhost.demo import gemma_input_schema, llm_parameters_schema
 from modelhost.features.spec import parse_spec
 from modelhost.registry import ArtifactStore, Registry, Stage, make_engine
 from modelhost.security.injection import load_jsonl
+from tests.cli.test_features import write_desk
 from tests.conftest import (
     Server,
     create_key,
@@ -36,7 +37,6 @@ from tests.conftest import (
     write_python_model,
 )
 from tests.features.test_runner import SPEC as DESK_SPEC
-from tests.test_cli_features import write_desk
 from tests.upstream_server import UpstreamServer, start_llama_server
 
 #: The gemma-270m tests (every one but the section on a python model at the end).

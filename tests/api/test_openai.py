@@ -18,8 +18,9 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from modelhost.api.openai import sse_events
 from modelhost.errors import InferenceTimeout
+from modelhost.inference import Usage
 from modelhost.protocol.openai import Completion
-from modelhost.runtimes import StreamChunk, Usage
+from modelhost.runtimes import StreamChunk
 from tests.conftest import Server
 
 GEMMA = "gemma-270m"

@@ -28,9 +28,9 @@ from modelhost.cache import (
 )
 from modelhost.config import CacheSettings
 from modelhost.errors import ServiceError
+from modelhost.inference import Usage
 from modelhost.manifest import parse_manifest
 from modelhost.registry import Stage, VersionInfo
-from modelhost.runtimes import Usage
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 DIGEST = "ab" * 32

@@ -15,9 +15,9 @@ import yaml
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import Settings
 from modelhost.demo import build_minilm
+from modelhost.inference import InferenceRequest
 from modelhost.registry import Stage
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest
 
 WRITER = textwrap.dedent(
     '''

@@ -21,10 +21,10 @@ from modelhost.app import Services, build_services, close_services
 from modelhost.config import Settings
 from modelhost.errors import GateRefused, InvalidInput, RuntimeFailure
 from modelhost.features.spec import TenantOverride, parse_spec
+from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.registry import Stage
 from modelhost.security.keys import Principal
 from modelhost.security.prompts import FENCE_TAG
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 from tests.observing import Capture
 
 DESK_MODULE = textwrap.dedent(

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from modelhost.errors import InferenceTimeout, ModelNotFound, RateLimited
+from modelhost.inference import InferenceRequest, InferenceResponse, Usage
 from modelhost.jobs import Backoff, Job, JobStatus, NewJob, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.registry import make_engine
-from modelhost.runtimes import StreamChunk, Usage
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
+from modelhost.runtimes import StreamChunk
 
 
 class ScriptedPlane:

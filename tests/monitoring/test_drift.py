@@ -22,11 +22,10 @@ from modelhost.app import Services, build_services
 from modelhost.config import DemoSettings, DriftSettings, JobSettings, Settings
 from modelhost.demo import IRIS_FEATURES, IRIS_LABELS
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceEvent, InferenceRequest
 from modelhost.jobs.webhooks import tenant_secret, verify
 from modelhost.monitoring.drift import OVERALL, DriftMonitor
 from modelhost.registry import Stage, VersionInfo
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent
 from tests.jobs.test_webhooks import Receiver, Reply
 
 MASTER = "drift-test-master-secret"

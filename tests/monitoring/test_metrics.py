@@ -25,10 +25,10 @@ from modelhost.errors import (
     RuntimeFailure,
     VersionNotFound,
 )
+from modelhost.inference import InferenceRequest
 from modelhost.jobs import NewJob, SqlQueue
 from modelhost.monitoring import Metrics, outcome_of
 from modelhost.registry import Stage
-from modelhost.serving.dataplane import InferenceRequest
 from tests.conftest import write_python_model
 
 

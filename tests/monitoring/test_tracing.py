@@ -25,11 +25,11 @@ from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import DemoSettings, Settings, TracingSettings
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceRequest
 from modelhost.jobs import SqlQueue
 from modelhost.jobs.webhooks import WebhookDeliverer
 from modelhost.monitoring.tracing import OtelTracer, Tracer, build_tracer, current_ids
 from modelhost.registry import Stage, make_engine
-from modelhost.serving.dataplane import InferenceRequest
 from modelhost.webhooks.egress import Egress
 from tests.conftest import Server, run_cli, start_server, stop_server, write_python_model
 from tests.jobs.test_webhooks import FAST, LOOPBACK, MASTER, Receiver, Reply, finished, settle

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import DemoSettings, Settings, UsageSettings
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceRequest
 from modelhost.monitoring.usage import (
     HOUR,
     Totals,
@@ -29,7 +30,6 @@ from modelhost.monitoring.usage import (
 )
 from modelhost.registry import Stage, make_engine
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest
 from tests.conftest import write_python_model
 
 PRICING = {"input": 2.0, "unit": "1k_tokens", "per_request": 0.5, "currency": "EUR"}
@@ -179,16 +179,15 @@ async def test_a_failed_flush_keeps_its_amounts_for_the_next(tmp_path: Path) -> 
     engine.dispose()
 
 
-def test_switched_off_it_is_a_component_that_does_nothing(tmp_path: Path) -> None:
+def test_switched_off_there_is_no_component_and_nothing_counts(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path / "home", demo=DemoSettings(enabled=False), usage=UsageSettings(enabled=False)
     )
     built = build_services(settings)
     try:
-        component = build_usage(built)
-        assert not isinstance(component, UsageComponent)
-        assert component.observers() == []
-        assert component.routers() == []
+        assert build_usage(settings.usage, built.registry.engine) is None
+        assert built.usage is None
+        assert not any(isinstance(c, UsageComponent) for c in built.components)
     finally:
         built.registry.engine.dispose()
 

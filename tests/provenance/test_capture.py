@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceEvent, InferenceRequest, Usage
 from modelhost.manifest import parse_manifest
 from modelhost.provenance.capture import (
     Payload,
@@ -25,10 +26,7 @@ from modelhost.provenance.capture import (
     snapshot,
 )
 from modelhost.registry import Stage, VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent
 
 ALICE = Principal(tenant="acme", subject="alice", scopes=frozenset({"predict"}), key_id="k1")
 MAIL = "write to jane.doe@example.com today"

@@ -13,11 +13,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from modelhost.config import ProvenanceSettings
+from modelhost.inference import InferenceEvent, InferenceRequest
 from modelhost.monitoring.metrics import Metrics
 from modelhost.provenance import ProvenanceStore, Query, Recorder
 from modelhost.provenance.recorder import RecorderCollector
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent
 
 
 def event(n: int, at: float | None = None) -> InferenceEvent:

@@ -14,10 +14,10 @@ import yaml
 from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import Settings
 from modelhost.errors import Conflict, Forbidden, VersionNotFound
+from modelhost.inference import InferenceRequest
 from modelhost.provenance import ProvenanceComponent, Query, Window, compare
 from modelhost.registry import Stage
 from modelhost.security.keys import ANONYMOUS, Principal
-from modelhost.serving.dataplane import InferenceRequest
 
 #: 1.0.0 scores by length; 1.1.0 adds a little noise and calls "flip" the other way round.
 SCORER = textwrap.dedent(

@@ -12,13 +12,12 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from modelhost.errors import RuntimeFailure
+from modelhost.inference import InferenceEvent, InferenceRequest
 from modelhost.manifest import parse_manifest
 from modelhost.provenance import ProvenanceStore, Query, RowBuilder, data_hash, snapshot
 from modelhost.provenance.capture import COLUMNS
 from modelhost.registry import Stage, VersionInfo
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.observers import InferenceEvent
 
 T0 = 1_750_000_000.0
 

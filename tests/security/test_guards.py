@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from modelhost.errors import ModelhostError, RequestError, ServiceError
-from modelhost.runtimes.base import StreamChunk, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import StreamChunk
 from modelhost.security.guards import (
     BLOCKED,
     ContentBlocked,

@@ -19,7 +19,6 @@ from modelhost.security.injection import (
     DetectorOptions,
     Embedder,
     InjectionDetector,
-    InjectionPolicy,
     InjectionScore,
     decide,
     embedder_from_runtime,
@@ -152,16 +151,6 @@ def test_decide_and_actions() -> None:
     assert decide(low, Action.BLOCK, 0.5) is Action.ALLOW
     assert decide(InjectionScore(score=0.5), Action.BLOCK, 0.5) is Action.BLOCK
     assert [a.value for a in Action] == ["allow", "flag", "block"]
-
-
-def test_policy_from_options() -> None:
-    assert InjectionPolicy.from_options(None) == InjectionPolicy(Action.FLAG, DEFAULT_THRESHOLD)
-    assert InjectionPolicy.from_options({"action": "block", "threshold": 0.7}) == InjectionPolicy(
-        Action.BLOCK, 0.7
-    )
-    for bad in ({"action": "drop"}, {"threshold": 0}, {"threshold": "high"}, {"threshold": True}):
-        with pytest.raises(ConfigError):
-            InjectionPolicy.from_options(bad)
 
 
 def test_normalise_folds_unicode_case_and_invisible_characters() -> None:

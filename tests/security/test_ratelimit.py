@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 
 from modelhost.errors import BudgetExceeded, RateLimited
+from modelhost.inference import Usage
 from modelhost.manifest import ModelManifest, Pricing, parse_manifest
 from modelhost.registry import Stage, VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.keys import Principal
 from modelhost.security.ratelimit import LimitDefaults, RateLimiter, price_of
 

@@ -20,16 +20,16 @@ import yaml
 from modelhost.app import Services, build_services
 from modelhost.config import DemoSettings, InferenceSettings, Settings
 from modelhost.errors import InferenceTimeout, InvalidInput, ModelNotReady, RuntimeFailure
+from modelhost.inference import InferenceRequest, InferenceResponse, Usage
 from modelhost.manifest import Batching
 from modelhost.registry import Stage
-from modelhost.runtimes import Prediction, Usage
+from modelhost.runtimes import Prediction
 from modelhost.serving.batching import (
     AdaptiveBatcher,
     parameters_key,
     share_usage,
     split_prediction,
 )
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 
 RECORDER = textwrap.dedent(
     '''

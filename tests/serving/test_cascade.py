@@ -14,10 +14,10 @@ import yaml
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import Settings
 from modelhost.errors import ManifestError
+from modelhost.inference import InferenceRequest
 from modelhost.manifest import CascadeStage, parse_manifest
 from modelhost.registry import Stage
 from modelhost.serving.cascade import escalates
-from modelhost.serving.dataplane import InferenceRequest
 from tests.observing import Capture
 from tests.serving.iris_variants import iris_rows, write_iris_variant
 

@@ -14,9 +14,13 @@ import yaml
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import Settings
 from modelhost.errors import InvalidInput, ModelNotFound
+from modelhost.inference import (
+    InferenceEvent,
+    InferenceObserver,
+    InferenceRequest,
+    InferenceResponse,
+)
 from modelhost.registry import Stage
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 COUNTING = textwrap.dedent(
     """

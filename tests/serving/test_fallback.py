@@ -21,11 +21,11 @@ from modelhost.errors import (
     QueueTimeout,
     RuntimeFailure,
 )
+from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.manifest import parse_manifest
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
 from modelhost.serving.breaker import Breakers, CircuitState
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 from tests.conftest import write_python_model
 from tests.observing import Capture
 from tests.serving.iris_variants import write_iris_variant

@@ -13,9 +13,9 @@ import pytest_asyncio
 
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import Settings
+from modelhost.inference import InferenceRequest
 from modelhost.registry import Stage, Sticky
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest
 from modelhost.serving.models import ModelState
 from modelhost.serving.router import BUCKETS, Arm, bucket
 from tests.conftest import write_python_model

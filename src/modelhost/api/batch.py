@@ -26,9 +26,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response, parse_json, read_body
 from modelhost.api.jobs import principal_record
 from modelhost.api.openapi import body_of
-from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.config import JobSettings
 from modelhost.errors import InvalidInput, JobNotFound, PayloadTooLarge, UnsupportedMediaType
 from modelhost.jobs.base import Batch, BatchStatus, Job, JobStatus, NewBatch, NewJob, QueueBackend

@@ -23,8 +23,8 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.batch import JSONL_MEDIA
+from modelhost.api.http import JSON_MEDIA, json_response, parse_json, read_body
 from modelhost.api.openapi import body_of
-from modelhost.api.v1 import JSON_MEDIA, json_response, parse_json, read_body
 from modelhost.errors import Conflict, InvalidInput
 from modelhost.protocol.v1 import (
     DeploymentPatch,
@@ -44,8 +44,8 @@ from modelhost.registry import (
     Sticky,
 )
 from modelhost.registry.golden import read_jsonl, register_golden
+from modelhost.rollouts.promotion import Promoter
 from modelhost.security.keys import Auditor
-from modelhost.serving.promotion import Promoter
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409)

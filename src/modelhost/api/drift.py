@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response, read_body
 from modelhost.api.openapi import json_body
-from modelhost.api.v1 import json_response, read_body
 from modelhost.errors import Forbidden, InvalidInput
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.security.keys import SYSTEM_TENANT, Scope

@@ -37,7 +37,7 @@ from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id
-from modelhost.api.v1 import (
+from modelhost.api.http import (
     SubmitJob,
     json_response,
     no_cache,
@@ -47,15 +47,22 @@ from modelhost.api.v1 import (
     version_header,
     wants_async,
 )
-from modelhost.errors import Forbidden, InvalidInput, ModelNotFound, VersionNotFound
+from modelhost.errors import (
+    Forbidden,
+    InvalidInput,
+    ModelNotFound,
+    VersionNotFound,
+    invalid_input,
+)
 from modelhost.features.component import FeaturesComponent
 from modelhost.features.spec import FeatureSpec, TenantOverride, parse_spec
 from modelhost.features.template import FeatureTemplate
+from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.manifest import RuntimeKind
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.registry import ModelInfo, Registry, Stage, VersionInfo, resolve_in
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
+from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.router import SESSION_HEADER
 
 #: Largest spec or override body.
@@ -536,10 +543,7 @@ def _add_tenant_routes(router: APIRouter, plane: DataPlane, features: FeaturesCo
         try:
             parsed = TenantOverride.model_validate(payload)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            message = first["msg"].removeprefix("Value error, ")
-            raise InvalidInput(f"{where}: {message}", param=where) from None
+            raise invalid_input(exc) from None
         if parsed.template is not None:
             FeatureTemplate(parsed.template)  # compiles, or 400 naming the line
         control = await asyncio.to_thread(controls.set_override, owner, model.name, parsed, who.id)

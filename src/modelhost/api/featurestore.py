@@ -17,8 +17,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response
 from modelhost.api.provenance import parse_time
-from modelhost.api.v1 import json_response
 from modelhost.errors import InvalidInput
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.registry import VersionInfo

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from modelhost.api.v1 import json_response
+from modelhost.api.http import json_response
 from modelhost.serving.models import ModelManager, ModelState
 
 #: The body of ``/readyz``, ready or not.

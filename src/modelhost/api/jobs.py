@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response, parse_json, read_body
 from modelhost.api.openapi import SSE_EVENT, body_of
-from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput, JobNotFound
 from modelhost.jobs.base import EventKind, Job, JobStatus, NewJob, QueueBackend
 from modelhost.jobs.events import TokenBus

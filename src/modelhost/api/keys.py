@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response, parse_json, read_body
 from modelhost.api.openapi import body_of, error_responses
-from modelhost.api.v1 import json_response, parse_json, read_body
-from modelhost.errors import InvalidInput
+from modelhost.errors import InvalidInput, invalid_input
 from modelhost.security.keys import SYSTEM_TENANT, KeyStore, NewKey, Principal
 
 
@@ -60,8 +60,8 @@ def build_router(keys: KeyStore) -> APIRouter:
         principal = principal_of(request.scope)
         try:
             body = KeyRequest.model_validate(parse_json(await read_body(request, 65536)))
-        except ValueError as exc:
-            raise InvalidInput(f"invalid key request: {exc}", param="body") from None
+        except ValidationError as exc:
+            raise invalid_input(exc, where="invalid key request") from None
         tenant = body.tenant or principal.tenant
         if _tenant_scope(principal) not in (None, tenant):
             raise InvalidInput("an admin creates keys in its own tenant only", param="tenant")

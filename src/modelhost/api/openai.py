@@ -25,8 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
-from modelhost.api.openapi import SSE_EVENT, json_body
-from modelhost.api.v1 import (
+from modelhost.api.http import (
     INFER_ERRORS,
     answer_headers,
     json_response,
@@ -35,7 +34,9 @@ from modelhost.api.v1 import (
     read_body,
     version_header,
 )
+from modelhost.api.openapi import SSE_EVENT, json_body
 from modelhost.errors import InvalidInput, ModelhostError, PayloadTooLarge
+from modelhost.inference import InferenceRequest, InferenceResponse, Usage
 from modelhost.manifest import RuntimeKind, Task
 from modelhost.protocol.openai import (
     ChatCompletionRequest,
@@ -48,8 +49,8 @@ from modelhost.protocol.openai import (
     parse_body,
 )
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import StreamChunk, Usage
-from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
+from modelhost.runtimes import StreamChunk
+from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.router import SESSION_HEADER
 
 log = logging.getLogger("modelhost.api.openai")

@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response, parse_json, read_body
 from modelhost.api.openapi import body_of
-from modelhost.api.v1 import json_response, parse_json, read_body
 from modelhost.errors import InvalidInput, NotFound
 from modelhost.protocol.v1 import ErrorBody, ReplayRequest, ReplayWindowRequest
 from modelhost.provenance.replay import Replayer, Window

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
-from modelhost.api.v1 import json_response
+from modelhost.api.http import json_response
 from modelhost.errors import Forbidden, InvalidInput
 from modelhost.monitoring.usage import (
     DIMENSIONS,

@@ -27,9 +27,10 @@ from modelhost import __version__
 from modelhost.api.auth import principal_of
 from modelhost.api.errors import request_id, status_for
 from modelhost.api.health import Readiness
+from modelhost.api.http import JSON_MEDIA, json_response, no_cache, read_body
 from modelhost.api.openapi import body_of, error_responses
-from modelhost.api.v1 import JSON_MEDIA, json_response, no_cache, read_body
 from modelhost.errors import InvalidInput, ModelhostError
+from modelhost.inference import InferenceRequest
 from modelhost.protocol.v2 import (
     EXTENSIONS,
     InferRequestBody,
@@ -53,7 +54,7 @@ from modelhost.protocol.v2 import (
     tensor_values,
     to_inference_request,
 )
-from modelhost.serving.dataplane import DataPlane, InferenceRequest
+from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import ModelState
 from modelhost.serving.router import SESSION_HEADER
 

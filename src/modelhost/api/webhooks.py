@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelhost.api.auth import principal_of
-from modelhost.api.v1 import json_response
+from modelhost.api.http import json_response
 from modelhost.jobs.webhooks import ALGORITHM, SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.security.keys import Scope

@@ -28,9 +28,9 @@ import orjson
 from modelhost.cache.stores import CacheStore
 from modelhost.config import CacheSettings
 from modelhost.errors import ServiceError
+from modelhost.inference import Usage
 from modelhost.manifest import RuntimeKind, Task
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.serving.caching import CacheState
 
 log = logging.getLogger("modelhost.cache")

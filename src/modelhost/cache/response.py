@@ -21,9 +21,9 @@ from modelhost.cache.exact import CachedAnswer, ExactCache, Lookup, cache_key, d
 from modelhost.cache.semantic import SemanticCache, prompt_text
 from modelhost.cache.stores import build_store
 from modelhost.config import Settings
+from modelhost.inference import Usage
 from modelhost.manifest import SemanticCacheConfig
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.injection import embedder_from_runtime
 from modelhost.serving.caching import CacheLookup, CacheState, ResponseCache
 from modelhost.serving.models import ModelManager

@@ -12,20 +12,22 @@ from modelhost.features.sessions import SessionStore
 from modelhost.features.tenants import TenantControls
 
 if TYPE_CHECKING:
-    from modelhost.app import Services
+    from sqlalchemy.engine import Engine
 
 #: Seconds between two purges of expired conversation sessions.
 PURGE_INTERVAL_S = 3600.0
 
 
 class FeaturesComponent(PeriodicComponent):
-    """Holds the tenant controls and sessions the data plane's feature runner uses, and
-    reloads the controls every ``interval`` seconds (other replicas' changes)."""
+    """Holds the tenant controls and sessions, and the feature runner over them (the data
+    plane's), and reloads the controls every ``interval`` seconds (other replicas' changes)."""
 
     def __init__(self, controls: TenantControls, sessions: SessionStore, interval: float) -> None:
         super().__init__(interval)
         self.controls = controls
         self.sessions = sessions
+        self.runner = FeatureRunner(controls, sessions)
+        """Runs feature versions for the data plane, with the tenants' pins and overrides."""
         self._since_purge = 0.0
 
     async def tick(self) -> None:
@@ -37,14 +39,8 @@ class FeaturesComponent(PeriodicComponent):
             await asyncio.to_thread(self.sessions.purge)
 
 
-def build_features(services: Services) -> FeaturesComponent:
-    """Build the component and hand its parts to the data plane and its router."""
-    engine = services.registry.engine
-    component = FeaturesComponent(
-        TenantControls(engine),
-        SessionStore(engine),
-        services.settings.inference.refresh_interval_s,
-    )
-    services.plane.features = FeatureRunner(component.controls, component.sessions)
-    services.plane.router.pins = component.controls
-    return component
+def build_features(engine: Engine, interval: float) -> FeaturesComponent:
+    """The component over the controls and sessions in ``engine``'s database, reloaded every
+    ``interval`` seconds; the composition root hands its runner and controls (the version
+    pins) to the data plane."""
+    return FeaturesComponent(TenantControls(engine), SessionStore(engine), interval)

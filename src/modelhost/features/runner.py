@@ -1,17 +1,18 @@
 """Running a feature version: render, call the model, enforce the output schema.
 
-The data plane hands a request to a ``runtime: feature`` version here after routing (a tenant
-pin is a route), readiness, limits and input validation. For each input:
+The data plane hands a request to a ``runtime: feature`` version to the
+:class:`FeatureRunner` (its :class:`~modelhost.serving.handlers.Handler`) after its ``prepare``
+phase: routing (a tenant pin is a route), readiness, limits, input validation, the feature's
+scope, limits, budget and input guards (as for any model), and the response cache (greedy
+features without a conversation, keyed by the spec's digest with the tenant's override:
+:meth:`FeatureRunner.cache_parameters`). For each input:
 
-1. the feature's scope, limits and budget are checked and its input guards run (as for any
-   model), and the response cache is asked (greedy features, keyed with the spec's digest and
-   the tenant's override);
-2. the tenant's override (:mod:`modelhost.features.tenants`), if any, replaces template,
+1. the tenant's override (:mod:`modelhost.features.tenants`), if any, replaces template,
    instructions, parameters or examples;
-3. the sandboxed template is rendered with every caller value fenced as data
+2. the sandboxed template is rendered with every caller value fenced as data
    (:mod:`modelhost.features.template`); a conversation adds its fitted history
    (:mod:`modelhost.features.context`);
-4. the model is called through the whole request path as a child request (its own auth,
+3. the model is called through the whole request path as a child request (its own auth,
    limits, guards, charging and provenance, with ``decisions.feature``), with
    ``response_format`` so a runtime that can constrains decoding to the output schema; an
    answer that still does not validate is sent back with the error, at most
@@ -38,21 +39,21 @@ from modelhost.errors import ModelNotReady, RuntimeFailure
 from modelhost.features.context import ContextWindow, ConversationState, Turn
 from modelhost.features.structured import generate_valid, output_validator
 from modelhost.features.template import FeatureTemplate
-from modelhost.manifest import FeatureConfig
+from modelhost.inference import Usage
+from modelhost.manifest import FeatureConfig, RuntimeKind
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.keys import ANONYMOUS, Principal
 from modelhost.security.prompts import fence
 from modelhost.serving.fallback import child_request
-from modelhost.serving.observers import InferenceEvent
+from modelhost.serving.handlers import Composed, Handler
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
     from modelhost.features.sessions import SessionStore
     from modelhost.features.tenants import TenantControls
-    from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
-    from modelhost.serving.models import Deployment
+    from modelhost.inference import InferenceRequest, InferenceResponse
+    from modelhost.serving.dataplane import Admitted, DataPlane
 
 log = logging.getLogger("modelhost.features")
 #: Templates and validators kept compiled (by digest / version).
@@ -80,9 +81,6 @@ class _Call:
 
     def add(self, response: InferenceResponse) -> None:
         self.usage.add(response.usage)
-        if response.usage.cost is not None:
-            self.usage.cost = (self.usage.cost or 0.0) + response.usage.cost
-            self.usage.currency = self.usage.currency or response.usage.currency
         self.model, self.version = response.model, response.version
 
 
@@ -100,8 +98,11 @@ class _Invocation:
     calls: list[_Call] = field(default_factory=list)
 
 
-class FeatureRunner:
-    """Runs feature versions for the data plane (built by the features component)."""
+class FeatureRunner(Handler):
+    """Runs feature versions for the data plane (given to it by the composition root)."""
+
+    kind = RuntimeKind.FEATURE
+    screens = True
 
     def __init__(
         self, controls: TenantControls | None = None, sessions: SessionStore | None = None
@@ -142,36 +143,29 @@ class FeatureRunner:
             self._validators[info.ref] = found
         return found
 
-    async def run(
-        self,
-        plane: DataPlane,
-        request: InferenceRequest,
-        info: VersionInfo,
-        dep: Deployment,
-        started: float,
-    ) -> InferenceResponse:
-        """Answer ``request`` to the feature version ``info``.
+    def cache_parameters(self, admitted: Admitted) -> dict[str, Any] | None:
+        """The spec's digest with the tenant's override, for a greedy feature without a
+        conversation (None otherwise: a sampled or conversational answer is not reused)."""
+        config, _ = self.config_for(admitted.info, (admitted.principal or ANONYMOUS).tenant)
+        if _session(admitted.request, config) is not None:
+            return None
+        if not greedy(config.model_parameters()):
+            return None
+        return {"feature": config.digest()}
+
+    async def answer(self, plane: DataPlane, admitted: Admitted) -> Composed:
+        """Answer an admitted request to a feature version, input by input.
 
         Raises:
             ModelhostError: the caller's error (input, limits), the model's failure, or
                 :class:`RuntimeFailure` when no answer matched the output schema.
         """
-        principal, inputs, guards = await plane.secure(request, info)
-        tenant = (principal or ANONYMOUS).tenant
-        config, override = self.config_for(info, tenant)
+        request, info, principal = admitted.request, admitted.info, admitted.principal
+        config, override = self.config_for(info, (principal or ANONYMOUS).tenant)
         session = _session(request, config)
-        parameters = {"feature": config.digest()}  # the spec and the tenant's override
-        lookup = None
-        if session is None and greedy(config.model_parameters()):
-            lookup = await plane.lookup(request, info, inputs, parameters, principal)
-            if lookup is not None and lookup.results is not None:
-                route = await plane.route(request)
-                return await plane.answer_cached(request, dep, lookup, principal, started, route)
         job = _Invocation(plane, request, info, config, principal, override, session)
-        results = [await self._one(job, item) for item in inputs]
-        response = self._respond(job, results, started, guards)
-        await plane.keep(lookup, response)
-        return response
+        results = [await self._one(job, item) for item in admitted.inputs]
+        return self._composed(job, results, admitted.started)
 
     async def _one(self, job: _Invocation, item: Any) -> Any:
         config = job.config
@@ -249,18 +243,11 @@ class FeatureRunner:
         response = await self._call(job, chat, {"max_tokens": budget}, _Call())
         return str(response.results[0].get("text", "")).strip()
 
-    def _respond(
-        self, job: _Invocation, results: list[Any], started: float, guards: dict[str, Any]
-    ) -> InferenceResponse:
-        from modelhost.serving.dataplane import InferenceResponse, new_id
-
+    def _composed(self, job: _Invocation, results: list[Any], started: float) -> Composed:
         plane, info = job.plane, job.info
         usage = Usage()
         for call in job.calls:
             usage.add(call.usage)
-            if call.usage.cost is not None:
-                usage.cost = (usage.cost or 0.0) + call.usage.cost
-                usage.currency = usage.currency or call.usage.currency
         last = job.calls[-1] if job.calls else _Call()
         decision: dict[str, Any] = {
             "name": info.model,
@@ -276,28 +263,9 @@ class FeatureRunner:
             decision["session"] = job.session
         own = Usage()
         plane.price(info, own, len(results), time.perf_counter() - started)
-        if own.cost is not None:
-            usage.cost = (usage.cost or 0.0) + own.cost
-        plane.metrics.deployment(info.model, info.version, job.request.protocol).answered(
-            time.perf_counter() - started
-        )
-        decisions = job.request.noted(job.request.route, feature=decision)
+        usage.add(own)
         outputs = [r["value"] for r in results]
-        plane.emit(
-            InferenceEvent.ended(
-                job.request, info, started, results=outputs, usage=own, decisions=decisions
-            )
-        )
-        return InferenceResponse(
-            id=new_id("feat"),
-            model=info.model,
-            version=info.version,
-            created=int(time.time()),
-            results=outputs,
-            usage=usage,
-            guards=guards,
-            decisions={"feature": decision},
-        )
+        return Composed(outputs, usage, ("feature", decision), recorded=own, prefix="feat")
 
 
 def _text(value: Any) -> str:

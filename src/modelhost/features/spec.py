@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelhost.errors import ManifestError
+from modelhost.errors import ManifestError, invalid_input
 from modelhost.manifest import (
     DEFAULT_FEATURE_PARAMETERS,
     MANIFEST_FILE,
@@ -196,10 +196,7 @@ def parse_spec(data: Any, source: str = "feature spec") -> FeatureSpec:
     try:
         spec = FeatureSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")  # pydantic's, on a validator's
-        raise ManifestError(f"{source}: {where}: {message}", param=where or None) from None
+        raise invalid_input(exc, where=source, root="spec", kind=ManifestError) from None
     from modelhost.features.template import FeatureTemplate
 
     FeatureTemplate(spec.template, name="template")  # compiles, or names the bad line

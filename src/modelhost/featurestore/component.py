@@ -32,13 +32,11 @@ from modelhost.registry import VersionInfo
 from modelhost.webhooks.delivery import SignedWebhooks, now_iso
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
-    from modelhost.app import Services
-    from modelhost.config import FeatureStoreSettings
+    from modelhost.config import FeatureStoreSettings, Settings
     from modelhost.monitoring.metrics import Metrics
     from modelhost.provenance import ProvenanceComponent
     from modelhost.serving.models import ModelManager
+    from modelhost.webhooks.egress import Egress
 
 log = logging.getLogger("modelhost.featurestore")
 
@@ -177,12 +175,6 @@ class FeatureStoreComponent(Component):
             if interval > 0
         ]
 
-    def routers(self) -> list[APIRouter]:
-        """``/v1/models/{m}/feature-store`` (status), ``…/materialize`` and ``…/skew``."""
-        from modelhost.api.featurestore import build_router
-
-        return [build_router(self)]
-
     def served_versions(self) -> list[VersionInfo]:
         """Loaded versions that read stored features."""
         return [
@@ -296,21 +288,26 @@ class FeatureStoreComponent(Component):
             await self.skew(info, since, self.settings.skew_sample)
 
 
-def build_feature_store(services: Services, provenance: ProvenanceComponent) -> Component:
-    """The feature-store component; hands the data plane its online reads."""
+def build_feature_store(
+    settings: Settings,
+    manager: ModelManager,
+    metrics: Metrics,
+    egress: Egress,
+    provenance: ProvenanceComponent,
+) -> FeatureStoreComponent:
+    """The feature-store component (the whole ``settings``: its alerts are signed and sent as
+    drift alerts are); its :attr:`~FeatureStoreComponent.online` reads are the data plane's
+    stored features. Skew checks read ``provenance``'s records."""
     from modelhost.monitoring.drift_alerts import AlertOptions
 
-    settings = services.settings
     options = AlertOptions.from_settings(settings)
-    component = FeatureStoreComponent(
+    return FeatureStoreComponent(
         settings.feature_store,
         FeatureStores(settings.feature_store, settings.redis_url),
-        services.manager,
-        services.metrics,
+        manager,
+        metrics,
         provenance.store,
-        SignedWebhooks(services.egress, options.webhook()),
+        SignedWebhooks(egress, options.webhook()),
         options.default_url,
         provenance.recorder.flush if provenance.recorder is not None else None,
     )
-    services.plane.stored_features = component.online
-    return component

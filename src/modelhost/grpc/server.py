@@ -34,6 +34,7 @@ from modelhost.errors import (
     ServiceError,
     Unauthenticated,
 )
+from modelhost.inference import InferenceRequest, new_id
 from modelhost.protocol.v2 import (
     EXTENSIONS,
     Kind,
@@ -55,7 +56,7 @@ from modelhost.protocol.v2 import (
 from modelhost.security.auth import Authenticator, bearer
 from modelhost.security.guards import ContentBlocked
 from modelhost.security.keys import ANONYMOUS, Principal, Scope
-from modelhost.serving.dataplane import DataPlane, InferenceRequest, new_id
+from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import ModelState
 from modelhost.serving.router import Route
 

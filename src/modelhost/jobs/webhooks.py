@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelhost.config import JobSettings, Settings
+from modelhost.errors import describe
 from modelhost.jobs.base import Job, QueueBackend
 from modelhost.protocol.jobs import iso, job_view
 from modelhost.webhooks.delivery import Retries, envelope
@@ -218,7 +219,7 @@ class WebhookDeliverer:
             body = callback_body(job)
         except Exception as exc:  # one bad job must not stop the others' callbacks
             log.exception("the callback body of %s could not be made", job.id)
-            return Outcome("error", error=f"{type(exc).__name__}: {exc}"[:500], final=True)
+            return Outcome("error", error=describe(exc), final=True)
         secret = tenant_secret(self.master_secret, job.tenant)
         headers = signed_headers(secret, event, f"{job.id}:{number}", body, self.clock())
         return await self.egress.post(

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelhost.errors import BudgetExceeded, ModelhostError, RateLimited, RequestError
+from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.jobs.base import Backoff, Job, QueueBackend, Retry
 from modelhost.jobs.events import MemoryBus, TokenBus
 from modelhost.runtimes import StreamChunk
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 
 log = logging.getLogger("modelhost.jobs")
 

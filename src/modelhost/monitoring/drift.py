@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter
-
 from modelhost.components import Component
-from modelhost.config import DriftSettings
+from modelhost.config import DriftSettings, Settings
 from modelhost.errors import ConfigError, InvalidInput, ModelhostError
+from modelhost.inference import InferenceEvent, InferenceObserver
 from modelhost.monitoring.drift_alerts import ALERT, RESOLVED, AlertOptions, AlertSender
 from modelhost.monitoring.drift_stats import (
     DriftReport,
@@ -59,10 +58,9 @@ from modelhost.monitoring.drift_store import (
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import Registry, Stage, VersionInfo
 from modelhost.serving.models import ModelManager
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 if TYPE_CHECKING:
-    from modelhost.app import Services
+    from modelhost.webhooks.egress import Egress
 
 log = logging.getLogger("modelhost.drift")
 
@@ -133,7 +131,7 @@ class LiveWindows(InferenceObserver):
 
 
 class DriftMonitor(Component):
-    """The drift component: live windows, references, periodic checks, alerts and routes."""
+    """The drift component: live windows, references, periodic checks and alerts."""
 
     def __init__(
         self,
@@ -161,12 +159,6 @@ class DriftMonitor(Component):
     def observers(self) -> list[InferenceObserver]:
         """The live windows, when drift monitoring is on."""
         return [self.live] if self.settings.enabled else []
-
-    def routers(self) -> list[APIRouter]:
-        """``GET /v1/models/{m}/drift`` and ``PUT .../drift/reference``."""
-        from modelhost.api.drift import build_router
-
-        return [build_router(self)]
 
     async def start(self) -> None:
         """Start the periodic checks (when drift monitoring is on)."""
@@ -443,11 +435,15 @@ class DriftMonitor(Component):
             await asyncio.sleep(min([self.settings.check_interval_s, *intervals]))
 
 
-def build_drift(services: Services) -> Component:
-    """The drift component of a server or worker process."""
-    settings = services.settings
-    store = DriftStore(services.registry.engine)
-    sender = AlertSender(AlertOptions.from_settings(settings), store, services.egress)
-    return DriftMonitor(
-        settings.drift, services.registry, services.manager, services.metrics, sender
-    )
+def build_drift(
+    settings: Settings,
+    registry: Registry,
+    manager: ModelManager,
+    metrics: Metrics,
+    egress: Egress,
+) -> DriftMonitor:
+    """The drift component of a server or worker process (the whole ``settings``: alerts are
+    signed and retried as the ``jobs`` settings say); alerts go out through ``egress``."""
+    store = DriftStore(registry.engine)
+    sender = AlertSender(AlertOptions.from_settings(settings), store, egress)
+    return DriftMonitor(settings.drift, registry, manager, metrics, sender)

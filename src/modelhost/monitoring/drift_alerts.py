@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from modelhost.config import Settings
+from modelhost.errors import describe
 from modelhost.manifest import MonitoringConfig
 from modelhost.monitoring.drift_store import DriftStore
 from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions, now_iso
@@ -79,10 +80,6 @@ class AlertOptions:
             retry_base=self.retry_base,
             timeout=self.timeout,
         )
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc or type(exc).__name__}"[:500]
 
 
 class AlertSender:
@@ -164,7 +161,7 @@ class AlertSender:
                 env=env,
             )
         except OSError as exc:
-            return {"error": f"could not start: {_describe(exc)}"}
+            return {"error": f"could not start: {describe(exc)}"}
         try:
             stdout, stderr = await asyncio.wait_for(
                 process.communicate(orjson.dumps(evidence)), self.options.retrain_timeout

@@ -18,21 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import JSON, DateTime, Float, Index, String, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from modelhost.components import Component
 from modelhost.registry.db import Base
-
-if TYPE_CHECKING:
-    from modelhost.app import Services
-    from modelhost.provenance import ProvenanceComponent
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,52 +199,3 @@ class FeedbackStore:
             str(version): {"n": int(count), "accuracy": float(mean)}
             for version, count, mean in found
         }
-
-
-class FeedbackComponent(Component):
-    """``POST /v1/predictions/{request_id}/feedback``: joins feedback to provenance records.
-
-    Args:
-        store: where feedback goes.
-        services: the process's services; the provenance component is found among its
-            components when the routes are built (unless ``provenance`` is given).
-        provenance: the provenance component whose records (and recorder, flushed before a
-            record is declared missing) feedback is joined with.
-    """
-
-    def __init__(
-        self,
-        store: FeedbackStore,
-        services: Services,
-        provenance: ProvenanceComponent | None = None,
-    ) -> None:
-        self.store = store
-        self.services = services
-        self.provenance = provenance
-
-    def routers(self) -> list[APIRouter]:
-        """``POST /v1/predictions/{request_id}/feedback``."""
-        from modelhost.api.feedback import build_router
-        from modelhost.provenance import ProvenanceComponent, ProvenanceStore
-
-        provenance = self.provenance
-        if provenance is None:
-            found = [c for c in self.services.components if isinstance(c, ProvenanceComponent)]
-            provenance = found[0] if found else None
-        if provenance is None:  # no recorder here: records written elsewhere are still read
-            store = ProvenanceStore(self.services.registry.engine)
-            interval = self.services.settings.provenance.flush_interval_s
-            return [build_router(self.store, store, None, flush_interval_s=interval)]
-        return [
-            build_router(
-                self.store,
-                provenance.store,
-                provenance.recorder,
-                flush_interval_s=provenance.flush_interval_s,
-            )
-        ]
-
-
-def build_feedback(services: Services, provenance: ProvenanceComponent | None = None) -> Component:
-    """The feedback component of a server (its store is ``services.feedback``)."""
-    return FeedbackComponent(services.feedback, services, provenance)

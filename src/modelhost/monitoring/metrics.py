@@ -76,12 +76,10 @@ from modelhost.errors import (
     RuntimeFailure,
     ServiceError,
 )
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from modelhost.inference import ANY_PROTOCOL, InferenceEvent, InferenceObserver
 
 log = logging.getLogger("modelhost.metrics")
 
-#: Label value of a request that named no transport.
-ANY_PROTOCOL = "any"
 #: Label value of a model or version that could not be resolved.
 UNKNOWN = "_unknown"
 #: Seconds; from a cached sub-millisecond answer up to a long generation.

@@ -20,22 +20,19 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import BigInteger, Float, Index, Integer, String, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from modelhost.components import Component, PeriodicComponent
+from modelhost.components import PeriodicComponent
+from modelhost.config import UsageSettings
+from modelhost.inference import InferenceEvent, InferenceObserver
 from modelhost.monitoring.metrics import UNKNOWN
 from modelhost.registry.db import Base, add_missing_columns
 from modelhost.security.keys import ANONYMOUS
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
-
-if TYPE_CHECKING:
-    from modelhost.app import Services
 
 log = logging.getLogger("modelhost.usage")
 
@@ -288,7 +285,7 @@ def _add_generic(session: Session, row: dict[str, Any]) -> None:
 
 
 class UsageComponent(PeriodicComponent):
-    """The ledger on the data plane, its periodic flush, and ``GET /v1/usage``.
+    """The ledger on the data plane, its periodic flush, and the reports of ``GET /v1/usage``.
 
     Args:
         store: the ``mh_usage`` table.
@@ -304,12 +301,6 @@ class UsageComponent(PeriodicComponent):
     def observers(self) -> list[InferenceObserver]:
         """The ledger."""
         return [self.ledger]
-
-    def routers(self) -> list[APIRouter]:
-        """``GET /v1/usage``."""
-        from modelhost.api.usage import build_router
-
-        return [build_router(self)]
 
     async def stop(self) -> None:
         """Stop the periodic flush and flush what is left."""
@@ -341,9 +332,9 @@ class UsageComponent(PeriodicComponent):
         return await asyncio.to_thread(self.store.query, query)
 
 
-def build_usage(services: Services) -> Component:
-    """The usage component of a server or worker process (a no-op one when switched off)."""
-    settings = services.settings.usage
+def build_usage(settings: UsageSettings, engine: Engine) -> UsageComponent | None:
+    """The usage component of a server or worker process, counting into ``engine``'s
+    database; None when usage accounting is switched off."""
     if not settings.enabled:
-        return Component()
-    return UsageComponent(UsageStore(services.registry.engine), settings.flush_interval_s)
+        return None
+    return UsageComponent(UsageStore(engine), settings.flush_interval_s)

@@ -12,7 +12,6 @@ false``, ...), so that clients which send defaults explicitly keep working.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -20,8 +19,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelhost.errors import InvalidInput
-from modelhost.runtimes import Usage
+from modelhost.errors import InvalidInput, invalid_input
+from modelhost.inference import Usage
 
 #: Parameters OpenAI defines that modelhost accepts only with these (neutral) values.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -41,38 +40,11 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 #: Parameters accepted with any value and ignored: they change nothing about the answer.
 _IGNORED = frozenset({"metadata", "store", "service_tier", "parallel_tool_calls"})
-#: Parts of a pydantic error location that name a union member rather than a field.
-_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
-_TAG = re.compile(r"[^A-Za-z0-9_]")
 
 Body = TypeVar("Body", bound="OpenAIBody")
 
 
 # -- parsing ---------------------------------------------------------------------------------
-
-
-def _param(loc: Sequence[int | str]) -> str:
-    """``("messages", 0, "content", "str")`` → ``messages[0].content``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not (_TAG.search(part) or part in _SCALAR_TAGS):
-            out += f".{part}" if out else part
-    return out or "body"
-
-
-def _invalid(exc: ValidationError) -> InvalidInput:
-    """One InvalidInput naming the first wrong field; a union's alternatives are joined."""
-    errors = exc.errors(include_url=False)
-    param = _param(errors[0]["loc"])
-    messages: list[str] = []
-    for error in errors:
-        text = str(error["msg"]).removeprefix("Value error, ")
-        text = text[:1].lower() + text[1:]
-        if _param(error["loc"]) == param and text not in messages:
-            messages.append(text)
-    return InvalidInput(f"{param}: {', or '.join(messages)}", param=param)
 
 
 def parse_body(kind: type[Body], payload: Any) -> Body:
@@ -87,7 +59,7 @@ def parse_body(kind: type[Body], payload: Any) -> Body:
     try:
         body = kind.model_validate(payload)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_input(exc) from None
     body.refuse_unsupported()
     return body
 

@@ -35,11 +35,11 @@ import orjson
 from pydantic import BaseModel, Field
 
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.manifest import ModelManifest, Task
 from modelhost.registry import ModelInfo, Stage, VersionInfo
 from modelhost.runtimes import StreamChunk
 from modelhost.security.keys import Principal
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
 from modelhost.serving.router import Arm, Route
 
 #: numpy dtype of each v2 datatype; BYTES elements are ``bytes`` in an object array.

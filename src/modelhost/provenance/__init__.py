@@ -6,16 +6,16 @@
 * :mod:`~modelhost.provenance.recorder` buffers inferences and writes records in batches, off
   the request path, and purges them after the retention;
 * :mod:`~modelhost.provenance.replay` runs recorded requests again and compares the answers;
-* ``modelhost.api.provenance`` serves them over REST; ``modelhost replay`` is the command line.
+* the REST routes (``/v1/provenance``) and ``modelhost replay`` (the command line) serve them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter
-
 from modelhost.components import Component
+from modelhost.config import ProvenanceSettings
+from modelhost.inference import InferenceObserver
 from modelhost.provenance.capture import (
     Payload,
     RowBuilder,
@@ -27,10 +27,12 @@ from modelhost.provenance.capture import (
 from modelhost.provenance.recorder import Recorder, RecorderCollector, RecorderStats
 from modelhost.provenance.replay import Comparison, Replayer, Window, compare
 from modelhost.provenance.store import ProvenanceStore, Query, Record
-from modelhost.serving.observers import InferenceObserver
 
 if TYPE_CHECKING:
-    from modelhost.app import Services
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy.engine import Engine
+
+    from modelhost.serving.dataplane import DataPlane
 
 __all__ = [
     "Comparison",
@@ -54,7 +56,7 @@ __all__ = [
 
 
 class ProvenanceComponent(Component):
-    """The recorder (when recording is on) and the ``/v1/provenance`` routes.
+    """The records, the replayer and the recorder (when recording is on).
 
     Args:
         store: the records.
@@ -80,12 +82,6 @@ class ProvenanceComponent(Component):
         """The recorder, when recording is on."""
         return [self.recorder] if self.recorder is not None else []
 
-    def routers(self) -> list[APIRouter]:
-        """``/v1/provenance``."""
-        from modelhost.api.provenance import build_router
-
-        return [build_router(self.store, self.replayer, flush_interval_s=self.flush_interval_s)]
-
     async def start(self) -> None:
         """Start writing and purging in the background."""
         if self.recorder is not None:
@@ -97,13 +93,18 @@ class ProvenanceComponent(Component):
             await self.recorder.stop()
 
 
-def build_provenance(services: Services) -> ProvenanceComponent:
-    """The provenance component of a server or worker process."""
-    settings = services.settings.provenance
-    store = ProvenanceStore(services.registry.engine)
+def build_provenance(
+    settings: ProvenanceSettings,
+    engine: Engine,
+    plane: DataPlane,
+    metrics: CollectorRegistry,
+) -> ProvenanceComponent:
+    """The provenance component of a server or worker process: records in ``engine``'s
+    database, replays through ``plane``, the recorder's numbers in ``metrics``."""
+    store = ProvenanceStore(engine)
     recorder = None
     if settings.enabled:
         recorder = Recorder(store, settings)
-        services.metrics.registry.register(RecorderCollector(recorder))
-    replayer = Replayer(services.plane, store)
+        metrics.register(RecorderCollector(recorder))
+    replayer = Replayer(plane, store)
     return ProvenanceComponent(store, replayer, recorder, settings.flush_interval_s)

@@ -26,13 +26,13 @@ from typing import Any, NamedTuple
 import orjson
 
 from modelhost.errors import ModelhostError
+from modelhost.inference import InferenceEvent
 from modelhost.manifest import MANIFEST_FILE, ProvenanceConfig
 from modelhost.monitoring.metrics import outcome_of
 from modelhost.registry import VersionInfo
 from modelhost.security.guards import OutputGuard, OutputGuardConfig
 from modelhost.security.keys import ANONYMOUS
 from modelhost.security.ratelimit import price_of
-from modelhost.serving.observers import InferenceEvent
 
 #: 40 random bits per record id, from the operating system: uniqueness is needed, and the
 #: ``random`` module's shared generator may be reseeded by anyone in the process (Hypothesis

@@ -32,9 +32,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from modelhost.config import ProvenanceSettings
+from modelhost.inference import InferenceEvent, InferenceObserver
 from modelhost.provenance.capture import RowBuilder, Snapshot, snapshot
 from modelhost.provenance.store import ProvenanceStore
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
 
 log = logging.getLogger("modelhost.provenance")
 

@@ -31,10 +31,11 @@ from modelhost.errors import (
     Unauthenticated,
 )
 from modelhost.featurestore.online import stored_of
+from modelhost.inference import InferenceRequest, InferenceResponse, new_id
 from modelhost.provenance.capture import describe_error
 from modelhost.provenance.store import ProvenanceStore, Query, Record
 from modelhost.security.keys import Principal, Scope
-from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse, new_id
+from modelhost.serving.dataplane import DataPlane
 
 #: Errors of a replay that are about the caller or the target, not the model's answer: raised
 #: to the caller instead of being reported as the replay's outcome.

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelhost.errors import Conflict
+from modelhost.errors import Conflict, describe
 from modelhost.registry.compat import check_promotion, compare, major
 from modelhost.registry.golden import GoldenSet
 from modelhost.registry.service import VersionInfo
@@ -174,7 +174,7 @@ async def warm(predict: Predict, inputs: list[Any]) -> GateResult:
     try:
         await predict(inputs, {})
     except Exception as exc:  # the model's own code failed: that is this gate's verdict
-        reason = _describe(exc)
+        reason = describe(exc)
         return GateResult(
             "warmup", False, f"the warm-up request failed: {reason}", failures=[reason]
         )
@@ -185,11 +185,6 @@ async def warm(predict: Predict, inputs: list[Any]) -> GateResult:
         f"answered {len(inputs)} warm-up input(s) in {seconds:.3f}s",
         numbers={"inputs": len(inputs), "seconds": round(seconds, 4)},
     )
-
-
-def _describe(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {message}"[:500]
 
 
 # -- the golden gate ------------------------------------------------------------------------
@@ -205,7 +200,7 @@ async def _one(predict: Predict, item: Any, parameters: dict[str, Any]) -> _Outc
     try:
         (got,) = await predict([item], parameters)
     except Exception as exc:  # the model failed on this item: it counts as wrong
-        return _Outcome(error=_describe(exc))
+        return _Outcome(error=describe(exc))
     return _Outcome(got)
 
 

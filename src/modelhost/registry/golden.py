@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from modelhost.errors import ConfigError, InvalidInput
+from modelhost.errors import ConfigError, InvalidInput, invalid_input
 from modelhost.manifest import GoldenGate
 from modelhost.registry.db import Base, utcnow
 from modelhost.registry.service import Registry, VersionInfo
@@ -168,10 +168,7 @@ def _gate(base: GoldenGate | None, overrides: dict[str, Any], where: str) -> Gol
     try:
         return GoldenGate.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "golden"
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidInput(f"{where}: '{loc}': {message}", param=loc) from None
+        raise invalid_input(exc, where=where, root="golden") from None
 
 
 def check_inputs(info: VersionInfo, items: Iterable[GoldenItem]) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import semver
 from sqlalchemy import delete, func, select
@@ -393,15 +392,3 @@ def resolve_in(info: ModelInfo, selector: str | None) -> VersionInfo:
         f"{', '.join(v.version for v in info.versions) or 'none'}",
         param="version",
     )
-
-
-def describe_version(info: VersionInfo) -> dict[str, Any]:
-    """A JSON-ready summary of one version."""
-    return {
-        "version": info.version,
-        "stage": info.stage.value,
-        "runtime": info.runtime,
-        "created": info.created_at.isoformat(),
-        "created_by": info.created_by,
-        "size_bytes": info.size_bytes,
-    }

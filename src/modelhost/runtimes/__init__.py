@@ -11,7 +11,6 @@ from modelhost.runtimes.base import (
     Runtime,
     RuntimeContext,
     StreamChunk,
-    Usage,
 )
 
 _CLASSES: dict[RuntimeKind, str] = {
@@ -43,6 +42,5 @@ __all__ = [
     "Runtime",
     "RuntimeContext",
     "StreamChunk",
-    "Usage",
     "create_runtime",
 ]

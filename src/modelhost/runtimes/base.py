@@ -15,45 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from modelhost.errors import InvalidInput
+from modelhost.inference import Usage
 from modelhost.manifest import ModelManifest
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token (or item) counts of one call, and its price once the data plane priced it."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float | None = None
-    """What the call cost under the version's pricing; None when it has none."""
-    currency: str | None = None
-    saved: float | None = None
-    """What the call did not cost because a cache answered it or an earlier cascade stage
-    did, under the pricing of the version that would have run (``cost_saved``)."""
-
-    @property
-    def total_tokens(self) -> int:
-        """Input plus output."""
-        return self.input_tokens + self.output_tokens
-
-    def add(self, other: Usage) -> None:
-        """Accumulate another call's counts."""
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-
-    def as_dict(self) -> dict[str, Any]:
-        """The ``usage`` object of a response (with ``cost`` and ``currency`` when priced)."""
-        body: dict[str, Any] = {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.total_tokens,
-        }
-        if self.cost is not None:
-            body["cost"] = self.cost
-            body["currency"] = self.currency
-        if self.saved is not None:
-            body["cost_saved"] = self.saved
-        return body
 
 
 @dataclass(slots=True)

@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 from modelhost.errors import InvalidInput, MissingDependencyError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext
 
 
 def _text(item: Any, index: int) -> str:

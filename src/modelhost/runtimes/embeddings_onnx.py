@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from modelhost.errors import MissingDependencyError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext
 from modelhost.runtimes.embeddings import _text
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelhost.errors import InvalidInput, MissingDependencyError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk
 from modelhost.runtimes.grammar import json_schema_gbnf
 
 _SAMPLING = ("temperature", "top_p", "top_k", "seed", "repeat_penalty", "min_p")

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from modelhost.errors import MissingDependencyError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext
 from modelhost.runtimes.tabular import TabularCodec
 
 _DTYPES: dict[str, Any] = {

@@ -32,15 +32,9 @@ from modelhost.errors import (
     ModelhostError,
     RuntimeFailure,
 )
+from modelhost.inference import Usage
 from modelhost.manifest import ModelManifest
-from modelhost.runtimes.base import (
-    Lane,
-    Prediction,
-    Runtime,
-    RuntimeContext,
-    StreamChunk,
-    Usage,
-)
+from modelhost.runtimes.base import Lane, Prediction, Runtime, RuntimeContext, StreamChunk
 
 #: Request parameters passed to the upstream as they are, when given.
 PASSED_PARAMETERS = ("max_tokens", "temperature", "top_p", "seed", "stop")

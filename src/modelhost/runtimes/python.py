@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelhost.errors import ManifestError, RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, StreamChunk
 
 
 def _installed_prefixes() -> tuple[str, ...]:

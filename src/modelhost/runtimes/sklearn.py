@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from modelhost.errors import RuntimeFailure
-from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext, Usage
+from modelhost.inference import Usage
+from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext
 from modelhost.runtimes.tabular import TabularCodec
 
 

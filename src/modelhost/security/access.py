@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelhost.errors import InvalidInput
+from modelhost.inference import Usage
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import StreamChunk, Usage
+from modelhost.runtimes import StreamChunk
 from modelhost.security.guards import OutputGuard
 from modelhost.security.injection import Action, InjectionDetector, InjectionScore, decide
 from modelhost.security.keys import ANONYMOUS, Principal, Scope

@@ -29,7 +29,7 @@ import json
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -106,45 +106,6 @@ class DetectorOptions:
             raise ConfigError("similarity_low < similarity_high, both in [-1, 1]")
         if self.window_words < 1 or self.max_windows < 1:
             raise ConfigError("window_words and max_windows are at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class InjectionPolicy:
-    """A model's injection settings: what to do, and from which score.
-
-    Read from a manifest's options, e.g. ``options: {prompt_injection: {action: block,
-    threshold: 0.5}}``.
-    """
-
-    action: Action = Action.FLAG
-    threshold: float = DEFAULT_THRESHOLD
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> InjectionPolicy:
-        """Parse ``{"action": ..., "threshold": ...}``; missing keys take the defaults.
-
-        Raises:
-            ConfigError: an unknown action or a threshold outside ``(0, 1]``.
-        """
-        if not options:
-            return cls()
-        try:
-            action = Action(str(options.get("action", Action.FLAG.value)))
-        except ValueError:
-            raise ConfigError(
-                "prompt_injection.action is one of allow, flag, block",
-                param="prompt_injection.action",
-            ) from None
-        threshold = options.get("threshold", DEFAULT_THRESHOLD)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise ConfigError(
-                "prompt_injection.threshold is a number", param="prompt_injection.threshold"
-            )
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ConfigError(
-                "prompt_injection.threshold is in (0, 1]", param="prompt_injection.threshold"
-            )
-        return cls(action=action, threshold=float(threshold))
 
 
 def decide(score: InjectionScore, action_for_model: Action, threshold: float) -> Action:

@@ -24,9 +24,9 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from modelhost.errors import BudgetExceeded, RateLimited
+from modelhost.inference import Usage
 from modelhost.manifest import Pricing
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.keys import Principal
 
 _MICRO = 1_000_000

@@ -32,8 +32,9 @@ from typing import Any, Protocol
 import orjson
 
 from modelhost.errors import ModelNotReady, RuntimeFailure, ServiceError
+from modelhost.inference import Usage
 from modelhost.manifest import Batching
-from modelhost.runtimes import Prediction, Runtime, Usage
+from modelhost.runtimes import Prediction, Runtime
 
 
 class Runner(Protocol):

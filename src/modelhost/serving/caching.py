@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from modelhost.inference import Usage
     from modelhost.registry import VersionInfo
-    from modelhost.runtimes import Usage
 
 
 class CacheState(StrEnum):

@@ -3,7 +3,8 @@ unsure of go on to a bigger one.
 
 A ``runtime: cascade`` version (its ``cascade.stages`` in the manifest) is pushed, promoted
 and called like any model, so every protocol reaches it. The data plane hands its requests to
-:func:`run_cascade`, which runs each stage as a child request through the whole request path
+the :class:`CascadeHandler` (a :class:`~modelhost.serving.handlers.Handler`), which runs
+each stage as a child request through the whole request path
 (auth, limits, validation and charging apply per stage, with the caller's principal). After a
 stage, the items its escalation rule flags (score under ``min_score``, a label in
 ``escalate_labels``, input text matching ``escalate_pattern``) go on to the next stage; the
@@ -22,19 +23,18 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modelhost.manifest import CascadeConfig, CascadeStage
+from modelhost.inference import InferenceRequest, InferenceResponse, Usage
+from modelhost.manifest import CascadeConfig, CascadeStage, RuntimeKind
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Usage
 from modelhost.security.ratelimit import price_of
 from modelhost.serving.fallback import child_request
-from modelhost.serving.observers import InferenceEvent
+from modelhost.serving.handlers import Composed, Handler
 
 if TYPE_CHECKING:
-    from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
+    from modelhost.serving.dataplane import Admitted, DataPlane
 
 log = logging.getLogger("modelhost.cascade")
 
@@ -82,9 +82,6 @@ class _Run:
     def take(self, number: int, response: InferenceResponse, answered: list[int]) -> None:
         """Keep stage ``number``'s answers for the items ``answered`` (input positions)."""
         self.usage.add(response.usage)
-        if response.usage.cost is not None:
-            self.usage.cost = (self.usage.cost or 0.0) + response.usage.cost
-            self.usage.currency = self.usage.currency or response.usage.currency
         if number == 0:
             self.first_tokens = response.usage.input_tokens
         self.stages.append(
@@ -130,62 +127,44 @@ async def _saved(plane: DataPlane, config: CascadeConfig, run: _Run) -> dict[str
     return {"cost_saved": round(max(0.0, saved), 12), "currency": pricing.currency}
 
 
-async def run_cascade(
-    plane: DataPlane, request: InferenceRequest, info: VersionInfo, started: float
-) -> InferenceResponse:
-    """Answer ``request`` (to the cascade version ``info``) stage by stage.
+class CascadeHandler(Handler):
+    """Answers ``runtime: cascade`` versions stage by stage."""
 
-    Raises:
-        ModelhostError: a stage's error, as the caller would get it from that stage.
-    """
-    from modelhost.serving.dataplane import InferenceResponse, new_id
+    kind = RuntimeKind.CASCADE
 
-    config = info.manifest.cascade
-    assert config is not None  # the manifest refuses runtime cascade without it
-    run = _Run(len(request.inputs))
-    pending = list(range(run.size))
-    last = len(config.stages) - 1
-    for number, stage in enumerate(config.stages):
-        response = await _stage(plane, request, info, number, stage, pending)
-        escalated, answered = [], []
-        for index, result in zip(pending, response.results, strict=True):
-            if number < last and escalates(stage, request.inputs[index], result):
-                escalated.append(index)
-                continue
-            run.results[index], run.answered_by[index] = result, number
-            answered.append(index)
-        run.take(number, response, answered)
-        pending = escalated
-        if not pending:
-            break
-    decision = {
-        "stages": run.stages,
-        "answered_by": run.answered_by,
-        "escalated": sum(1 for n in run.answered_by if n > 0),
-        **(await _saved(plane, config, run)),
-    }
-    plane.metrics.deployment(info.model, info.version, request.protocol).answered(
-        time.perf_counter() - started
-    )
-    run.usage.saved = decision["cost_saved"]
-    decisions = request.noted(request.route, cascade=decision)
-    # the stages' own records carry their cost: this one carries only what was saved
-    currency = decision.get("currency")
-    usage = Usage(cost=0.0 if currency else None, currency=currency, saved=decision["cost_saved"])
-    event = InferenceEvent.ended(
-        request, info, started, results=run.results, usage=usage, decisions=decisions
-    )
-    for observer in plane.observers:
-        try:
-            observer.observe(event)
-        except Exception:  # an observer must never fail the request it watches
-            log.exception("inference observer %r failed", observer)
-    return InferenceResponse(
-        id=new_id("pred"),
-        model=info.model,
-        version=info.version,
-        created=int(time.time()),
-        results=run.results,
-        usage=run.usage,
-        decisions={"cascade": decision},
-    )
+    async def answer(self, plane: DataPlane, admitted: Admitted) -> Composed:
+        """Run the stages; the items a stage is unsure of go on to the next.
+
+        Raises:
+            ModelhostError: a stage's error, as the caller would get it from that stage.
+        """
+        request, info = admitted.request, admitted.info
+        config = info.manifest.cascade
+        assert config is not None  # the manifest refuses runtime cascade without it
+        run = _Run(len(request.inputs))
+        pending = list(range(run.size))
+        last = len(config.stages) - 1
+        for number, stage in enumerate(config.stages):
+            response = await _stage(plane, request, info, number, stage, pending)
+            escalated, answered = [], []
+            for index, result in zip(pending, response.results, strict=True):
+                if number < last and escalates(stage, request.inputs[index], result):
+                    escalated.append(index)
+                    continue
+                run.results[index], run.answered_by[index] = result, number
+                answered.append(index)
+            run.take(number, response, answered)
+            pending = escalated
+            if not pending:
+                break
+        decision = {
+            "stages": run.stages,
+            "answered_by": run.answered_by,
+            "escalated": sum(1 for n in run.answered_by if n > 0),
+            **(await _saved(plane, config, run)),
+        }
+        run.usage.saved = decision["cost_saved"]
+        # the stages' own records carry their cost: this one carries only what was saved
+        currency = decision.get("currency")
+        own = Usage(cost=0.0 if currency else None, currency=currency, saved=decision["cost_saved"])
+        return Composed(run.results, run.usage, ("cascade", decision), recorded=own)

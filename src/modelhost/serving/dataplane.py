@@ -1,57 +1,62 @@
-"""The one request path every transport goes through.
+"""The one request path every transport goes through, in two phases around the model call.
 
-``resolve → ready? → limits → validate → infer (in the inference pool, with a timeout) →
-response``. Transports (REST v1, OpenAI, OIP v2, gRPC, the job worker) are thin codecs that
-build an :class:`InferenceRequest` and read an :class:`InferenceResponse`.
+``prepare`` (:meth:`DataPlane.prepare`): route (pin, production, canary) → breaker →
+readiness, body size, item count, input and parameter validation → scope, limits, budget and
+input guards → stored features → response cache lookup. Then the model runs (in its lane's
+inference pool, under the version's timeout, through its batcher when it has one), or the
+handler of a composite version answers (:mod:`modelhost.serving.handlers`). ``finish``
+(:meth:`DataPlane.finish`): output guards → price → charge → breaker → metrics → the ended
+event for observers (provenance, drift, usage) → response → cache store → shadow copies.
+
+Sync calls (:meth:`DataPlane.infer`), many-request runs (:mod:`modelhost.serving.many`),
+streams (:mod:`modelhost.serving.streaming`), cascades and features all go through these two
+phases; a failure anywhere is counted once and answered by the version's fallbacks
+(:meth:`DataPlane.recover`). Transports (REST v1, OpenAI, OIP v2, gRPC, the job worker) are
+thin codecs that build an :class:`~modelhost.inference.InferenceRequest` and read an
+:class:`~modelhost.inference.InferenceResponse`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
-import threading
 import time
-from asyncio import Future
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from modelhost.errors import (
     ConfigError,
-    InferenceTimeout,
     InvalidInput,
     MissingDependencyError,
     PayloadTooLarge,
-    QueueTimeout,
     ServiceError,
     VersionNotFound,
 )
-from modelhost.features.runner import FeatureRunner
 from modelhost.featurestore.online import OnlineFeatures, Served
+from modelhost.inference import (
+    InferenceEvent,
+    InferenceObserver,
+    InferenceRequest,
+    InferenceResponse,
+    Usage,
+)
 from modelhost.manifest import RuntimeKind
-from modelhost.monitoring.metrics import ANY_PROTOCOL, Metrics
+from modelhost.monitoring.metrics import Metrics
 from modelhost.monitoring.tracing import Tracer
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Lane, Prediction, StreamChunk, Usage
+from modelhost.runtimes import Lane, Prediction, StreamChunk
 from modelhost.security.access import AccessControl
 from modelhost.security.keys import ANONYMOUS, Principal
 from modelhost.security.ratelimit import price_of
-from modelhost.serving.batching import (
-    AdaptiveBatcher,
-    batching_enabled,
-    observed_predict,
-    settle,
-)
+from modelhost.serving.batching import AdaptiveBatcher, batching_enabled, observed_predict
 from modelhost.serving.breaker import Breakers
 from modelhost.serving.caching import CacheLookup, CacheState, ResponseCache
-from modelhost.serving.cascade import run_cascade
 from modelhost.serving.fallback import fall_back
+from modelhost.serving.handlers import Composed, Handler
 from modelhost.serving.many import ManyRun
 from modelhost.serving.models import Deployment, ModelManager
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
+from modelhost.serving.pools import InferencePools
 from modelhost.serving.router import Route, Router, ShadowSink
 from modelhost.serving.streaming import generate_whole, open_stream
 from modelhost.serving.validation import check_value
@@ -60,171 +65,36 @@ from modelhost.serving.validation import check_value
 _INPUT_GUARDS = {"modelhost.guards": "input"}
 _OUTPUT_GUARDS = {"modelhost.guards": "output"}
 log = logging.getLogger("modelhost.serving")
-#: Protocols of requests that are not live traffic (replays, promotion gates' runs).
-NOT_LIVE = frozenset({"replay", "gate"})
+#: What a call through the request path gives: a response, or an opened stream.
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
-class InferenceRequest:
-    """One call to a model, whatever protocol it came by."""
+class Admitted:
+    """A request that passed :meth:`DataPlane.prepare`: what its model call and
+    :meth:`DataPlane.finish` need."""
 
-    model: str
-    inputs: list[Any] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    version: str | None = None
-    """Exact version, alias or stage; None for the production version."""
-    request_id: str = ""
-    body_bytes: int = 0
-    """Size of the request body, checked against the model's ``max_request_bytes``."""
-    protocol: str = ANY_PROTOCOL
-    """The transport's name (``v1``, ``openai``, ``v2``, ...), the ``protocol`` metrics label."""
+    request: InferenceRequest
+    route: Route
+    dep: Deployment
+    parameters: dict[str, Any]
+    """The manifest's defaults with the request's own, validated."""
+    started: float
+    """``perf_counter()`` when the data plane got the request."""
+    handler: Handler | None = None
+    """The handler of a composite version (None: the version's runtime answers)."""
     principal: Principal | None = None
-    """Who calls (set by the transport from its credential); limits and budgets count by it."""
-    queued_s: float | None = None
-    """Seconds the request waited in the job queue before this attempt (async jobs only)."""
-    replay_of: str | None = None
-    """The request id this call replays; a replay is never live traffic."""
-    session: str | None = None
-    """The caller's ``X-Session-ID``: keeps it on one side of a canary split."""
-    route: Route | None = None
-    """Where the request goes, when the transport routed it before handing it over (to check
-    the body limit or decode against the chosen version); routed by the data plane if None."""
-    no_cache: bool = False
-    """The caller sent ``Cache-Control: no-cache``: the response cache must not answer."""
-    decisions: dict[str, Any] = field(default_factory=dict)
-    """Set on a child request a cascade or fallback makes (``cascade``, ``fallback``): copied
-    into its provenance record and its response; a fallback's request never falls back."""
-    stored: Served | None = None
-    """The stored features its rows got (models with a ``feature_store``): kept with the
-    provenance record, watched by drift; set before the data plane runs by a replay, which
-    reuses the values served then instead of reading the store again."""
-
-    def noted(self, route: Route | None = None, **more: Any) -> dict[str, Any]:
-        """The decisions kept with its provenance record: the request's own, ``route``,
-        ``feature_store`` (the served feature values) and ``more``."""
-        found = {**self.decisions, **more}
-        if route is not None:
-            found["route"] = route.decision()
-        if self.stored is not None:
-            found["feature_store"] = self.stored.record()
-        return found
+    inputs: list[Any] = field(default_factory=list)
+    """The rows the model gets: after input guards, with their stored features."""
+    guards: dict[str, Any] = field(default_factory=dict)
+    lookup: CacheLookup | None = None
+    answered: InferenceResponse | None = None
+    """The response cache's answer (a hit): nothing is left to run."""
 
     @property
-    def live(self) -> bool:
-        """False for a replay or a promotion gate's run: not live traffic, never counted in
-        usage, drift or rollout statistics, never answered from the cache."""
-        return self.replay_of is None and self.protocol not in NOT_LIVE
-
-    @classmethod
-    def for_reference(cls, reference: str, **kwargs: Any) -> InferenceRequest:
-        """Build from ``name`` or ``name@version`` (a ``version`` keyword wins)."""
-        name, _, pinned = reference.partition("@")
-        version = kwargs.pop("version", None) or pinned or None
-        return cls(model=name, version=version, **kwargs)
-
-
-@dataclass(slots=True)
-class InferenceResponse:
-    """Results of one call, with the version that served it."""
-
-    id: str
-    model: str
-    version: str
-    created: int
-    results: list[Any]
-    usage: Usage
-    guards: dict[str, Any] = field(default_factory=dict)
-    """What the guards did: ``redactions`` (counts by kind), ``prompt_injection`` (flag)."""
-    cache: str | None = None
-    """What the response cache did (``hit``, ``miss``, ``bypass``; the ``X-Cache`` header);
-    None when no cache was asked."""
-    decisions: dict[str, Any] = field(default_factory=dict)
-    """``cascade`` (which stage answered each item) or ``fallback`` (which model answered
-    instead of which), shown in the body as they are."""
-
-    def as_v1(self) -> dict[str, Any]:
-        """The REST v1 body."""
-        body = {
-            "id": self.id,
-            "model": self.model,
-            "version": self.version,
-            "created": self.created,
-            "results": self.results,
-            "usage": self.usage.as_dict(),
-        }
-        if self.guards:
-            body["guards"] = self.guards
-        body.update(self.decisions)
-        return body
-
-
-class _Call:
-    """One call handed to an inference pool: started by a worker thread, or expired first.
-
-    The worker thread and the loop's timer each flip their flag under one lock, so exactly one
-    of them wins: a call either runs (and a timeout is the model's) or is never run (and the
-    timeout is the queue's). Asyncio futures are not thread-safe, so the worker never asks the
-    loop's future whether it is done."""
-
-    __slots__ = ("_lock", "expired", "started")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started = False
-        self.expired = False
-
-    def begin(self) -> bool:
-        """Worker side: mark the call started; False when its caller already gave up."""
-        with self._lock:
-            if self.expired:
-                return False
-            self.started = True
-            return True
-
-    def expire(self) -> bool:
-        """Timer side: mark the call expired; True when a worker had already started it."""
-        with self._lock:
-            self.expired = True
-            return self.started
-
-
-def _work(
-    fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: Future[Any], call: _Call
-) -> None:
-    """Inference-thread side of :meth:`DataPlane.run`: call ``fn``, hand the outcome back.
-
-    A call whose caller already timed out while it waited in the queue is skipped: nobody
-    waits for it, and running it would only make the queue behind it longer."""
-    if not call.begin():
-        return
-    outcome: Any
-    try:
-        outcome = fn()
-    except BaseException as exc:  # handed to the awaiting caller, raised there
-        outcome = exc
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-        loop.call_soon_threadsafe(settle, future, outcome)
-
-
-def _expire(future: Future[Any], ref: str, timeout: float, call: _Call) -> None:
-    """Timer callback of :meth:`DataPlane.run`: fail the caller with a timeout, a
-    :class:`QueueTimeout` when no worker thread had started the call yet."""
-    if future.done():
-        return
-    if call.expire():
-        future.set_exception(InferenceTimeout(f"{ref} did not answer within {timeout:.3g}s"))
-        return
-    future.set_exception(
-        QueueTimeout(
-            f"{ref} did not start within {timeout:.3g}s: the server is busy with other "
-            "inference; retry later"
-        )
-    )
-
-
-def new_id(prefix: str) -> str:
-    """A short random id such as ``pred_3f2a…``."""
-    return f"{prefix}_{secrets.token_hex(12)}"
+    def info(self) -> VersionInfo:
+        """The version that serves it."""
+        return self.dep.info
 
 
 class DataPlane:
@@ -244,6 +114,9 @@ class DataPlane:
         observers: list[InferenceObserver] | None = None,
         tracer: Tracer | None = None,
         breakers: Breakers | None = None,
+        handlers: Iterable[Handler] = (),
+        cache: ResponseCache | None = None,
+        stored_features: OnlineFeatures | None = None,
     ) -> None:
         self.manager = manager
         self.breakers = breakers if breakers is not None else Breakers(metrics=metrics)
@@ -255,27 +128,88 @@ class DataPlane:
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
         self.router = Router(manager)
-        self.features = FeatureRunner()
-        """Runs feature versions (the features component gives it tenant controls and
-        conversation sessions)."""
-        self.cache: ResponseCache | None = None
-        """Answers repeated requests (set by the composition root when caching is on)."""
-        self.stored_features: OnlineFeatures | None = None
-        """Reads stored features for versions with a ``feature_store`` (set by the
-        composition root)."""
+        self.handlers: dict[RuntimeKind, Handler] = {h.kind: h for h in handlers}
+        """The handlers of composite versions, by runtime kind; a composite version with
+        none is refused as not servable."""
+        self.cache = cache
+        """Answers repeated requests (None: caching is off)."""
+        self.stored_features = stored_features
+        """Reads stored features for versions with a ``feature_store`` (None: off)."""
         self.shadow: ShadowSink | None = None
-        """Runs shadow versions on copies of answered requests (set by the rollouts
-        component); None: shadows named by a deployment are not run."""
-        self.pools = {
-            lane: ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"modelhost-{lane}")
-            for lane, size in (
-                (Lane.PREDICT, threads),
-                (Lane.GENERATE, generate_threads),
-                (Lane.REMOTE, remote_threads),
-            )
-        }
+        """Runs shadow versions on copies of answered requests (attached by the rollouts
+        component, which runs them through this plane); None: shadows are not run."""
+        self.pools = InferencePools(
+            {Lane.PREDICT: threads, Lane.GENERATE: generate_threads, Lane.REMOTE: remote_threads}
+        )
         """One thread pool per :class:`~modelhost.runtimes.Lane`: a call queues only behind
         calls of its own kind, so a cheap model never waits for a long generation."""
+
+    # -- the sync path ---------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request through the whole path, recording its metrics."""
+        started = time.perf_counter()
+        try:
+            admitted = await self.prepare(request, started)
+            if admitted.answered is not None:
+                return admitted.answered
+            if admitted.handler is not None:
+                return await self.compose(admitted)
+            tick = time.perf_counter()
+            prediction = await self.predict(admitted.dep, admitted.inputs, admitted.parameters)
+            return await self.finish(admitted, prediction, time.perf_counter() - tick)
+        except BaseException as exc:  # counted, then raised unchanged or answered by a fallback
+            return await self.recover(request, exc, started, self.infer)
+
+    # -- phase 1: prepare ------------------------------------------------------------------
+
+    async def prepare(self, request: InferenceRequest, started: float | None = None) -> Admitted:
+        """Everything before the model call: :meth:`accept`, then :meth:`screen`."""
+        admitted = await self.accept(request, started)
+        return await self.screen(admitted)
+
+    async def accept(self, request: InferenceRequest, started: float | None = None) -> Admitted:
+        """Route, breaker, readiness, limits and validation: what needs no I/O but routing.
+
+        Raises:
+            ModelhostError: the version cannot be routed to, its breaker is open, it is not
+                ready, or the request breaks its limits or schemas.
+        """
+        route = await self.route(request)
+        info = route.info
+        self.breakers.admit(info)
+        dep, parameters = self.admit(info, request)
+        handler = self.handlers.get(info.manifest.runtime)
+        return Admitted(
+            request,
+            route,
+            dep,
+            parameters,
+            started if started is not None else time.perf_counter(),
+            handler,
+            principal=request.principal,
+            inputs=request.inputs,
+        )
+
+    async def screen(self, admitted: Admitted, *, cache: bool = True) -> Admitted:
+        """Scope, limits, budget and input guards; stored features; the cache lookup (a hit
+        sets ``admitted.answered``). A composite version is screened only when its handler
+        asks, and looked up by the handler's cache parameters."""
+        request, info, handler = admitted.request, admitted.info, admitted.handler
+        if handler is not None and not handler.screens:
+            return admitted
+        admitted.principal, admitted.inputs, admitted.guards = await self.secure(request, info)
+        if handler is None:
+            admitted.inputs = await self.enrich(request, info, admitted.inputs)
+        keyed = admitted.parameters if handler is None else handler.cache_parameters(admitted)
+        if not cache or keyed is None:
+            return admitted
+        admitted.lookup = await self.lookup(
+            request, info, admitted.inputs, keyed, admitted.principal
+        )
+        if admitted.lookup is not None and admitted.lookup.results is not None:
+            admitted.answered = await self.answer_cached(admitted)
+        return admitted
 
     async def route(self, request: InferenceRequest) -> Route:
         """The version ``request`` goes to (pin, production or canary) and its shadows; kept on
@@ -333,65 +267,14 @@ class DataPlane:
         return ms / 1000 if ms else self.default_timeout_s
 
     async def run(self, fn: Callable[[], Any], info: VersionInfo, lane: Lane = Lane.PREDICT) -> Any:
-        """Run ``fn`` in ``lane``'s inference pool under the version's timeout.
-
-        One loop future settled from the worker thread and one timer: cheaper than
-        ``run_in_executor`` + ``wait_for`` (two chained futures, a waiter and a timer), which
-        matters when the model itself answers in a fraction of a millisecond. On timeout the
-        caller gets its error at once; the worker thread finishes the call and its result is
-        dropped (as with ``wait_for``).
+        """Run ``fn`` in ``lane``'s inference pool under the version's timeout (see
+        :meth:`InferencePools.run <modelhost.serving.pools.InferencePools.run>`).
 
         Raises:
             InferenceTimeout: it took longer than the timeout (the caller gets 504).
             QueueTimeout: no thread of the lane started it within the timeout.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        call = _Call()
-        self.pools[lane].submit(_work, fn, loop, future, call)
-        timeout = self.timeout(info)
-        timer = loop.call_later(timeout, _expire, future, info.ref, timeout, call)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through the whole path, recording its metrics."""
-        started = time.perf_counter()
-        info: VersionInfo | None = None
-        route = request.route
-        try:
-            if route is None:
-                route = await self.route(request)
-            info = route.info
-            self.breakers.admit(info)
-            dep, parameters = self.admit(info, request)
-            if info.manifest.runtime is RuntimeKind.CASCADE:
-                return await run_cascade(self, request, info, started)
-            if info.manifest.runtime is RuntimeKind.FEATURE:
-                return await self.features.run(self, request, info, dep, started)
-            principal, inputs, guards = await self.secure(request, info)
-            inputs = await self.enrich(request, info, inputs)
-            lookup = await self.lookup(request, info, inputs, parameters, principal)
-            if lookup is not None and lookup.results is not None:
-                return await self.answer_cached(request, dep, lookup, principal, started, route)
-            tick = time.perf_counter()
-            prediction = await self.predict(dep, inputs, parameters)
-            compute = time.perf_counter() - tick
-            self.breakers.succeeded(info)
-            response = await self.respond(
-                request, dep, prediction, principal, guards, started, compute, route
-            )
-            await self.keep(lookup, response)
-        except BaseException as exc:  # counted, then raised unchanged or answered by a fallback
-            self.failed(request, info, exc, started)
-            if info is None or not isinstance(exc, Exception):
-                raise
-            self.breakers.failed(info, exc)
-            return await fall_back(self.infer, request, info, exc)
-        self.offer_shadow(route, request, inputs, parameters, response.results, compute)
-        return response
+        return await self.pools.run(fn, info.ref, self.timeout(info), lane)
 
     async def lookup(
         self,
@@ -412,6 +295,124 @@ class DataPlane:
         ).inc()
         return lookup
 
+    async def answer_cached(self, admitted: Admitted) -> InferenceResponse:
+        """The response of a cache hit: no runtime call and nothing charged but the request
+        itself. The usage keeps the answer's token counts (as OpenAI's cached prompts do), at
+        cost 0, and says what the hit saved."""
+        await asyncio.sleep(0)  # a hit never waits on I/O: let other tasks run between hits
+        request, served, lookup = admitted.request, admitted.info, admitted.lookup
+        assert lookup is not None
+        cached = lookup.usage or {}
+        charged = Usage()
+        if cached.get("cost") is not None:
+            charged.cost, charged.currency = 0.0, cached.get("currency")
+        await self.charge(admitted.principal, served, charged, len(request.inputs))
+        usage = Usage(
+            input_tokens=int(cached.get("input_tokens", 0)),
+            output_tokens=int(cached.get("output_tokens", 0)),
+            cost=charged.cost,
+            currency=charged.currency,
+            saved=float(cached["cost"]) if cached.get("cost") is not None else None,
+        )
+        self.answered(admitted)
+        results = lookup.results or []
+        if self.observers:
+            decisions = request.noted(admitted.route, cache=f"{lookup.kind}:hit")
+            self.emit(
+                InferenceEvent.ended(
+                    request,
+                    served,
+                    admitted.started,
+                    results=results,
+                    usage=usage,
+                    decisions=decisions,
+                )
+            )
+        return InferenceResponse.of(
+            served, results, usage, cache=CacheState.HIT.value, decisions=request.decisions
+        )
+
+    # -- phase 2: finish -------------------------------------------------------------------
+
+    async def finish(
+        self,
+        admitted: Admitted,
+        prediction: Prediction,
+        compute: float = 0.0,
+        *,
+        streamed: bool = False,
+    ) -> InferenceResponse:
+        """Everything after the model answered (``compute``: seconds of its runtime call):
+        output guards, price, charge, breaker, metrics, the ended event, the response, the
+        cache store and the shadow copies. A stream (``streamed``) was guarded and priced
+        chunk by chunk, is not cached and is not shadowed."""
+        request, served = admitted.request, admitted.info
+        items = 1 if streamed else len(request.inputs)
+        results = prediction.results
+        if not streamed:
+            results = self._guard_results(served, prediction, admitted.guards)
+            self.price(served, prediction.usage, items, compute)
+        await self.charge(admitted.principal, served, prediction.usage, items)
+        self.breakers.succeeded(served)
+        self.answered(admitted)
+        if self.observers:
+            self.emit(
+                InferenceEvent.ended(
+                    request,
+                    served,
+                    admitted.started,
+                    results=results,
+                    usage=prediction.usage,
+                    streamed=streamed,
+                    timings={"inference": compute},
+                    decisions=request.noted(admitted.route),
+                )
+            )
+        response = InferenceResponse.of(
+            served, results, prediction.usage, guards=admitted.guards, decisions=request.decisions
+        )
+        await self.keep(admitted.lookup, response)
+        if not streamed:
+            self.offer_shadow(admitted, response.results, compute)
+        return response
+
+    async def compose(self, admitted: Admitted) -> InferenceResponse:
+        """Answer a composite version by its handler, then finish it: breaker, metrics, the
+        ended event (with the handler's decision and its own usage), response, cache."""
+        handler, request, info = admitted.handler, admitted.request, admitted.info
+        assert handler is not None
+        composed: Composed = await handler.answer(self, admitted)
+        key, decision = composed.decision
+        self.breakers.succeeded(info)
+        self.answered(admitted)
+        self.emit(
+            InferenceEvent.ended(
+                request,
+                info,
+                admitted.started,
+                results=composed.results,
+                usage=composed.recorded,
+                decisions=request.noted(admitted.route, **{key: decision}),
+            )
+        )
+        response = InferenceResponse.of(
+            info,
+            composed.results,
+            composed.usage,
+            composed.prefix,
+            guards=admitted.guards,
+            decisions={key: decision},
+        )
+        await self.keep(admitted.lookup, response)
+        return response
+
+    def answered(self, admitted: Admitted) -> None:
+        """Count an answered request in its version's metrics."""
+        info = admitted.info
+        self.metrics.deployment(info.model, info.version, admitted.request.protocol).answered(
+            time.perf_counter() - admitted.started
+        )
+
     async def keep(self, lookup: CacheLookup | None, response: InferenceResponse) -> None:
         """Say what the cache did on the response, and store a miss's answer."""
         if lookup is None or self.cache is None:
@@ -420,110 +421,45 @@ class DataPlane:
         if lookup.key is not None:
             await self.cache.store(lookup, response.results, response.usage)
 
-    async def answer_cached(
-        self,
-        request: InferenceRequest,
-        dep: Deployment,
-        lookup: CacheLookup,
-        principal: Principal | None,
-        started: float,
-        route: Route,
-    ) -> InferenceResponse:
-        """The response of a cache hit: no runtime call and nothing charged but the request
-        itself. The usage keeps the answer's token counts (as OpenAI's cached prompts do), at
-        cost 0, and says what the hit saved."""
-        await asyncio.sleep(0)  # a hit never waits on I/O: let other tasks run between hits
-        served = dep.info
-        cached = lookup.usage or {}
-        charged = Usage()
-        if cached.get("cost") is not None:
-            charged.cost, charged.currency = 0.0, cached.get("currency")
-        await self.charge(principal, served, charged, len(request.inputs))
-        usage = Usage(
-            input_tokens=int(cached.get("input_tokens", 0)),
-            output_tokens=int(cached.get("output_tokens", 0)),
-            cost=charged.cost,
-            currency=charged.currency,
-            saved=float(cached["cost"]) if cached.get("cost") is not None else None,
-        )
-        self.metrics.deployment(served.model, served.version, request.protocol).answered(
-            time.perf_counter() - started
-        )
-        results = lookup.results or []
-        if self.observers:
-            decisions = request.noted(route, cache=f"{lookup.kind}:hit")
-            self.emit(
-                InferenceEvent.ended(
-                    request, served, started, results=results, usage=usage, decisions=decisions
-                )
-            )
-        return InferenceResponse(
-            id=new_id("pred"),
-            model=served.model,
-            version=served.version,
-            created=int(time.time()),
-            results=results,
-            usage=usage,
-            cache=CacheState.HIT.value,
-            decisions=request.decisions,
-        )
-
-    def offer_shadow(
-        self,
-        route: Route,
-        request: InferenceRequest,
-        inputs: list[Any],
-        parameters: dict[str, Any],
-        results: list[Any],
-        seconds: float,
-    ) -> None:
+    def offer_shadow(self, admitted: Admitted, results: list[Any], seconds: float) -> None:
         """Hand an answered live request to the shadow runner when its route has shadows
         (a replay is not live traffic: it is never shadowed)."""
+        route, request = admitted.route, admitted.request
         if route.shadows and self.shadow is not None and request.live:
-            self.shadow.offer(route, request, inputs, parameters, results, seconds)
+            self.shadow.offer(
+                route, request, admitted.inputs, admitted.parameters, results, seconds
+            )
 
-    async def respond(
+    # -- failures --------------------------------------------------------------------------
+
+    async def recover(
         self,
         request: InferenceRequest,
-        dep: Deployment,
-        prediction: Prediction,
-        principal: Principal | None,
-        guards: dict[str, Any],
-        started: float,
-        compute: float = 0.0,
-        route: Route | None = None,
-    ) -> InferenceResponse:
-        """Guard the results, price and charge the call (``compute``: seconds of its runtime
-        call), count the answer, build the response."""
-        served = dep.info
-        results = self._guard_results(served, prediction, guards)
-        self.price(served, prediction.usage, len(request.inputs), compute)
-        await self.charge(principal, served, prediction.usage, len(request.inputs))
-        self.metrics.deployment(served.model, served.version, request.protocol).answered(
-            time.perf_counter() - started
-        )
-        if self.observers:
-            self.emit(
-                InferenceEvent.ended(
-                    request,
-                    served,
-                    started,
-                    results=results,
-                    usage=prediction.usage,
-                    timings={"inference": compute},
-                    decisions=request.noted(route),
-                )
-            )
-        return InferenceResponse(
-            id=new_id("pred"),
-            model=served.model,
-            version=served.version,
-            created=int(time.time()),
-            results=results,
-            usage=prediction.usage,
-            guards=guards,
-            decisions=request.decisions,
-        )
+        exc: BaseException,
+        started: float | None,
+        again: Callable[[InferenceRequest], Awaitable[T]],
+        *,
+        judged: bool = False,
+    ) -> T:
+        """Count a failed request once; answer it by the version's fallbacks (each a child
+        request through ``again``) when the failure is the model's.
+
+        Args:
+            judged: the breaker was already told (a merged call that failed for all its
+                members counts once).
+
+        Raises:
+            BaseException: ``exc`` when no fallback applies or every one was unavailable.
+        """
+        info = request.route.info if request.route is not None else None
+        self.failed(request, info, exc, started)
+        if info is None or not isinstance(exc, Exception):
+            raise exc
+        if not judged:
+            self.breakers.failed(info, exc)
+        return await fall_back(again, request, info, exc)
+
+    # -- other shapes of the path ----------------------------------------------------------
 
     async def infer_many(
         self,
@@ -545,6 +481,20 @@ class DataPlane:
         """Stream one request's generation to ``on_chunk`` and return the whole answer, shaped
         as :meth:`infer` returns it."""
         return await generate_whole(self, request, on_chunk)
+
+    async def stream(
+        self, request: InferenceRequest
+    ) -> tuple[VersionInfo, AsyncIterator[StreamChunk]]:
+        """Validate now, then stream the first input's generation chunk by chunk (see
+        :mod:`modelhost.serving.streaming`).
+
+        Errors found before generation starts are raised here, so a transport can still answer
+        with a status code; the iterator is consumed by the transport.
+        """
+        opened = await open_stream(self, request)
+        return opened.info, aiter(opened)
+
+    # -- the steps -------------------------------------------------------------------------
 
     async def enrich(
         self, request: InferenceRequest, info: VersionInfo, inputs: list[Any]
@@ -679,6 +629,7 @@ class DataPlane:
         exc: BaseException,
         started: float | None = None,
     ) -> None:
+        """Count a failed request in the metrics; tell observers when it had started."""
         if info is not None:
             self.metrics.failed(info.model, info.version, request.protocol, exc)
         elif isinstance(exc, VersionNotFound):  # the model exists, so its name is a safe label
@@ -696,18 +647,6 @@ class DataPlane:
             except Exception:  # an observer must never fail the request it watches
                 log.exception("inference observer %r failed", observer)
 
-    async def stream(
-        self, request: InferenceRequest
-    ) -> tuple[VersionInfo, AsyncIterator[StreamChunk]]:
-        """Validate now, then stream the first input's generation chunk by chunk (see
-        :mod:`modelhost.serving.streaming`).
-
-        Errors found before generation starts are raised here, so a transport can still answer
-        with a status code; the iterator is consumed by the transport.
-        """
-        return await open_stream(self, request)
-
     def close(self) -> None:
         """Stop the inference pools."""
-        for pool in self.pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        self.pools.close()

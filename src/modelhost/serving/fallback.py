@@ -21,7 +21,7 @@ from modelhost.registry import VersionInfo
 from modelhost.serving.breaker import counts_against
 
 if TYPE_CHECKING:
-    from modelhost.serving.dataplane import InferenceRequest
+    from modelhost.inference import InferenceRequest
 
 #: What a call through the request path gives: a response, or an opened stream.
 T = TypeVar("T")

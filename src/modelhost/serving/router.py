@@ -24,7 +24,7 @@ from modelhost.registry import DeploymentSpec, ModelInfo, Sticky, VersionInfo, r
 from modelhost.serving.models import ModelState
 
 if TYPE_CHECKING:
-    from modelhost.serving.dataplane import InferenceRequest
+    from modelhost.inference import InferenceRequest
     from modelhost.serving.models import ModelManager
 
 #: The header a caller names its session with (``Sticky.SESSION``).

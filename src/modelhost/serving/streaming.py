@@ -16,111 +16,92 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceRequest, InferenceResponse, Usage
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import StreamChunk, Usage
-from modelhost.security.keys import Principal
-from modelhost.serving.fallback import fall_back
-from modelhost.serving.observers import InferenceEvent
+from modelhost.runtimes import Prediction, StreamChunk
 
 if TYPE_CHECKING:
-    from modelhost.serving.dataplane import DataPlane, InferenceRequest, InferenceResponse
+    from modelhost.serving.dataplane import Admitted, DataPlane
 
 _DONE = object()
-Opened = tuple[VersionInfo, AsyncIterator[StreamChunk]]
 
 
-async def open_stream(plane: DataPlane, request: InferenceRequest) -> Opened:
+class Stream:
+    """An opened stream: the version that streams, its chunks (iterate once), and the whole
+    answer once the chunks ran out (``response``, shaped as ``DataPlane.infer`` returns it)."""
+
+    def __init__(
+        self, plane: DataPlane, admitted: Admitted, chunks: AsyncGenerator[StreamChunk, None]
+    ) -> None:
+        self.plane = plane
+        self.admitted = admitted
+        self.info: VersionInfo = admitted.info
+        self.response: InferenceResponse | None = None
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncGenerator[StreamChunk, None]:
+        return self._observed()
+
+    async def _observed(self) -> AsyncGenerator[StreamChunk, None]:
+        """Pass chunks through; when they end, finish the request like any other (charge,
+        breaker, metrics, record); a consumer leaving or a failure is counted as failed."""
+        plane, admitted, info = self.plane, self.admitted, self.info
+        usage: Usage | None = None
+        pieces: list[str] = []
+        finish: str | None = None
+        opened = time.perf_counter()
+        try:
+            async for chunk in self._chunks:
+                if chunk.usage is not None:  # priced before the transport sends it on
+                    plane.price(info, chunk.usage, 1, time.perf_counter() - opened)
+                usage = chunk.usage or usage
+                pieces.append(chunk.text)
+                finish = chunk.finish_reason or finish
+                yield chunk
+        except BaseException as exc:  # counted, then raised unchanged
+            plane.failed(admitted.request, info, exc, admitted.started)
+            plane.breakers.failed(info, exc)
+            raise
+        finally:
+            await self._chunks.aclose()
+        generating = time.perf_counter() - opened
+        plane.tracer.record("inference", generating, {"modelhost.model": info.ref})
+        whole = Prediction([{"text": "".join(pieces), "finish_reason": finish}], usage or Usage())
+        self.response = await plane.finish(admitted, whole, generating, streamed=True)
+
+
+async def open_stream(plane: DataPlane, request: InferenceRequest) -> Stream:
     """Check ``request`` and start streaming its first input's generation.
 
     Returns:
-        The version that streams and the iterator of its chunks (consumed by the transport).
+        The opened stream (consumed by the transport).
 
     Raises:
         ModelhostError: any check failed, or the version and every fallback were unavailable.
     """
     started = time.perf_counter()
-    info: VersionInfo | None = None
     try:
-        info = (await plane.route(request)).info
-        plane.breakers.admit(info)
-        dep, parameters = plane.admit(info, request)
-        runtime = dep.runtime
+        admitted = await plane.accept(request, started)
+        runtime = admitted.dep.runtime
         assert runtime is not None
-        if not runtime.supports_streaming:
-            raise InvalidInput(f"{dep.ref} does not stream", param="stream")
-        principal, inputs, _ = await plane.secure(request, info)
+        if admitted.handler is not None or not runtime.supports_streaming:
+            raise InvalidInput(f"{admitted.dep.ref} does not stream", param="stream")
+        await plane.screen(admitted, cache=False)
     except BaseException as exc:  # counted, then raised or answered by a fallback
-        plane.failed(request, info, exc, started)
-        if info is None or not isinstance(exc, Exception):
-            raise
-        plane.breakers.failed(info, exc)
-        return await fall_back(lambda child: open_stream(plane, child), request, info, exc)
-    access, served = plane.access, dep.info
+        return await plane.recover(request, exc, started, lambda child: open_stream(plane, child))
+    access, served, inputs = plane.access, admitted.info, admitted.inputs
+    parameters = admitted.parameters
 
     def generate() -> Any:
         produced = runtime.stream(inputs[0], parameters)
         return access.guard_stream(served, produced)[0] if access is not None else produced
 
-    chunks = pump(plane.pools[runtime.lane], generate)
-    return served, _observed(plane, chunks, request, served, started, principal)
-
-
-async def _observed(
-    plane: DataPlane,
-    chunks: AsyncGenerator[StreamChunk, None],
-    request: InferenceRequest,
-    info: VersionInfo,
-    started: float,
-    principal: Principal | None = None,
-) -> AsyncIterator[StreamChunk]:
-    """Pass chunks through; count the stream when it ends (a consumer leaving is
-    ``cancelled``), tell the breaker, and charge its tokens."""
-    usage: Usage | None = None
-    pieces: list[str] = []
-    finish: str | None = None
-    opened = time.perf_counter()
-    try:
-        async for chunk in chunks:
-            if chunk.usage is not None:  # priced before the transport sends it on
-                plane.price(info, chunk.usage, 1, time.perf_counter() - opened)
-            usage = chunk.usage or usage
-            pieces.append(chunk.text)
-            finish = chunk.finish_reason or finish
-            yield chunk
-    except BaseException as exc:  # counted, then raised unchanged
-        plane.failed(request, info, exc, started)
-        plane.breakers.failed(info, exc)
-        raise
-    finally:
-        await chunks.aclose()
-    plane.breakers.succeeded(info)
-    plane.metrics.deployment(info.model, info.version, request.protocol).answered(
-        time.perf_counter() - started
-    )
-    generating = time.perf_counter() - opened
-    plane.tracer.record("inference", generating, {"modelhost.model": info.ref})
-    if usage is not None:
-        await plane.charge(principal, info, usage, 1)
-    if plane.observers:
-        result = {"text": "".join(pieces), "finish_reason": finish}
-        decisions = request.noted(request.route)
-        plane.emit(
-            InferenceEvent.ended(
-                request,
-                info,
-                started,
-                results=[result],
-                usage=usage,
-                streamed=True,
-                timings={"inference": generating},
-                decisions=decisions,
-            )
-        )
+    return Stream(plane, admitted, pump(plane.pools.executor(runtime.lane), generate))
 
 
 async def pump(pool: Executor, make: Callable[[], Any]) -> AsyncGenerator[StreamChunk, None]:
@@ -156,23 +137,8 @@ async def generate_whole(
 ) -> InferenceResponse:
     """Stream one request's generation to ``on_chunk`` and return the whole answer, shaped as
     :meth:`DataPlane.infer` returns it."""
-    from modelhost.serving.dataplane import InferenceResponse, new_id
-
-    info, chunks = await open_stream(plane, request)
-    pieces: list[str] = []
-    finish: str | None = None
-    usage = Usage()
-    async for chunk in chunks:
-        pieces.append(chunk.text)
-        finish = chunk.finish_reason or finish
-        usage = chunk.usage or usage
+    stream = await open_stream(plane, request)
+    async for chunk in stream:
         await on_chunk(chunk)
-    return InferenceResponse(
-        id=new_id("pred"),
-        model=info.model,
-        version=info.version,
-        created=int(time.time()),
-        results=[{"text": "".join(pieces), "finish_reason": finish}],
-        usage=usage,
-        decisions=dict(request.decisions),
-    )
+    assert stream.response is not None  # set when the chunks ran out
+    return stream.response

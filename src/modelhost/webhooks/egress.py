@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from modelhost.config import Settings
-from modelhost.errors import InvalidInput
+from modelhost.errors import InvalidInput, describe
 from modelhost.monitoring.tracing import Tracer
 
 if TYPE_CHECKING:
@@ -247,11 +247,6 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "")
     try:
@@ -313,7 +308,7 @@ class Egress:
             outcome = Outcome("timeout", error=f"timed out after {timeout:g}s")
         except Exception as exc:  # one bad receiver must never stop its sender
             log.exception("%s POST failed unexpectedly", event)
-            outcome = Outcome("network", error=_describe(exc))
+            outcome = Outcome("network", error=describe(exc))
         if self.metrics is not None:
             self.metrics.webhook_attempts.labels(event, outcome.kind).inc()
         if not outcome.delivered:
@@ -350,11 +345,11 @@ class Egress:
                 try:
                     return await self._send(client, target, address, headers, body)
                 except httpx.ConnectError as exc:  # nothing was sent: try the next address
-                    error = _describe(exc)
+                    error = describe(exc)
                 except httpx.TimeoutException as exc:
                     return Outcome("timeout", error=f"timed out after {timeout:g}s ({exc!r})")
                 except httpx.HTTPError as exc:
-                    return Outcome("network", error=_describe(exc))
+                    return Outcome("network", error=describe(exc))
         return Outcome("network", error=error)
 
     async def _send(

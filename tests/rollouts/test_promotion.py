@@ -19,10 +19,10 @@ from modelhost.api.errors import modelhost_response
 from modelhost.app import Services, build_services, close_services
 from modelhost.config import CacheSettings, DemoSettings, RolloutSettings, Settings
 from modelhost.errors import Conflict, GateRefused, InvalidInput, VersionNotFound
+from modelhost.inference import InferenceRequest
 from modelhost.registry import RolloutState, Stage
 from modelhost.registry.golden import register_golden
-from modelhost.serving.dataplane import InferenceRequest
-from modelhost.serving.promotion import Promoter, PromotionReport
+from modelhost.rollouts.promotion import Promoter, PromotionReport
 from tests.serving.iris_variants import INPUT_SCHEMA, iris_rows, write_iris_variant
 
 ROWS, LABELS = iris_rows()

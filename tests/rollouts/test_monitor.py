@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import CacheSettings, DemoSettings, JobSettings, RolloutSettings, Settings
+from modelhost.inference import InferenceRequest
 from modelhost.jobs.webhooks import tenant_secret, verify
 from modelhost.monitoring.feedback import Feedback, FeedbackStore
 from modelhost.monitoring.metrics import Metrics
@@ -33,11 +34,7 @@ from modelhost.registry import (
     RolloutState,
     Stage,
 )
-from modelhost.serving.dataplane import DataPlane, InferenceRequest
-from modelhost.serving.models import ModelManager
-from modelhost.serving.promotion import Promoter
-from modelhost.serving.rollout_stats import Counts, RolloutStats, RolloutStatsStore, WindowStats
-from modelhost.serving.rollouts import (
+from modelhost.rollouts.monitor import (
     ACTOR,
     ROLLBACK_EVENT,
     Action,
@@ -52,6 +49,11 @@ from modelhost.serving.rollouts import (
     judge,
     latency_breach,
 )
+from modelhost.rollouts.promotion import Promoter
+from modelhost.rollouts.stats import Counts, WindowStats
+from modelhost.rollouts.store import RolloutStats, RolloutStatsStore
+from modelhost.serving.dataplane import DataPlane
+from modelhost.serving.models import ModelManager
 from modelhost.serving.router import BUCKETS, bucket
 from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions
 from modelhost.webhooks.egress import CallbackPolicy, Egress

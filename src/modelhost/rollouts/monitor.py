@@ -2,16 +2,17 @@
 
 Every ``rollouts.check_interval_s`` each process (every ``modelhost serve`` replica and job
 worker) runs :meth:`RolloutMonitor.evaluate`: it flushes its live statistics
-(:mod:`modelhost.serving.rollout_stats`) and then, for every deployment whose canary takes
-traffic, compares the canary with production over the deployment's sliding window
+(:class:`~modelhost.rollouts.store.RolloutStats`) and then, for every deployment whose canary
+takes traffic, compares the canary with production over the deployment's sliding window
 (``guards.window_s``) of traffic from *every* replica:
 
 * **latency**: the canary's p95 above production's times ``latency_ratio`` (20% worse), both
   sides having answered ``min_samples``, and beyond sampling noise: the low end of the
   canary's p95 confidence interval is compared with the high end of production's
-  (:func:`~modelhost.serving.rollout_stats.quantile_bounds`; they close in as samples grow),
-  so a healthy canary's few slow answers among few samples do not roll it back. A difference
-  under :data:`LATENCY_FLOOR_S` is scheduler noise, not a regression, and never breaches;
+  (:meth:`~modelhost.rollouts.stats.LatencyHistogram.quantile_bounds`; they close in as
+  samples grow), so a healthy canary's few slow answers among few samples do not roll it
+  back. A difference under :data:`LATENCY_FLOOR_S` is scheduler noise, not a regression, and
+  never breaches;
 * **errors**: the canary's server-side error rate above ``max_error_rate`` (0.1%), judged on the
   canary alone once it has ``min_samples`` requests; a canary failing no more often than
   production (measured on ``min_samples`` too) is not blamed for what both suffer;
@@ -33,7 +34,7 @@ Every replica applies the change at its next registry poll (``inference.refresh_
 A healthy canary with a ramp moves to its next step (history ``ramp.step``) once ``interval_s``
 passed since the last step and it answered ``min_samples`` since then. After the last step ran
 healthy as long, a plan with ``promote`` has the canary promoted through the promotion gates
-(:class:`~modelhost.serving.promotion.Promoter`). One replica claims the promotion first
+(:class:`~modelhost.rollouts.promotion.Promoter`). One replica claims the promotion first
 (history ``ramp.promote``, a compare-and-set that also notes the attempt in ``reason``), so
 replicas do not promote twice; a gate that refuses holds the ramp (history ``ramp.held`` with
 the gates' report) and the promotion is tried again an ``interval_s`` later.
@@ -54,12 +55,13 @@ from typing import TYPE_CHECKING, Any
 from modelhost.components import Component
 from modelhost.config import RolloutSettings
 from modelhost.errors import GateRefused, ModelhostError
+from modelhost.inference import InferenceObserver
 from modelhost.monitoring.feedback import FeedbackStore
 from modelhost.monitoring.metrics import Metrics
 from modelhost.registry import DeploymentSpec, GuardPolicy, Registry, RolloutState
-from modelhost.serving.observers import InferenceObserver
-from modelhost.serving.promotion import Promoter
-from modelhost.serving.rollout_stats import RolloutStats, RolloutStatsStore, WindowStats
+from modelhost.rollouts.promotion import Promoter
+from modelhost.rollouts.stats import WindowStats
+from modelhost.rollouts.store import RolloutStats, RolloutStatsStore
 from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions
 from modelhost.webhooks.signing import webhook_master_secret
 

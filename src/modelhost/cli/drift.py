@@ -17,13 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelhost.cli_jobs import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, say
+from modelhost.cli.common import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out, say
 
 drift_app = typer.Typer(
     help="Input drift of a running server's models: show, report, reference.",
     no_args_is_help=True,
 )
-out = Console()
 
 Version = Annotated[
     str | None,

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from modelhost.cli_jobs import ApiKey, Remote, Timeout, Url, fail, say
+from modelhost.cli.common import ApiKey, Remote, Timeout, Url, fail, out, say
 from modelhost.config import Settings
 from modelhost.errors import ModelhostError
 from modelhost.manifest import (
@@ -40,7 +39,6 @@ featurestore_app = typer.Typer(
     help="Stored features from Feast: apply, materialize, training-set, skew.",
     no_args_is_help=True,
 )
-out = Console()
 
 Model = Annotated[str, typer.Argument(help="A model directory, or a registered name[@version].")]
 

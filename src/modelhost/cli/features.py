@@ -11,8 +11,8 @@ Two kinds of commands:
   server), and a tenant's self-service with its own key (scope ``features``): ``pin``,
   ``unpin``, ``override``, ``clear`` and ``tenant``.
 
-The helpers of :mod:`modelhost.cli` (the registry, the actor, the in-process promotion) are
-imported inside the commands: :mod:`modelhost.cli` imports this module to register it.
+The in-process helpers (the local registry, the push and the promotion through the gates) are
+those of ``modelhost models``, from :mod:`modelhost.cli.common`.
 """
 
 from __future__ import annotations
@@ -28,18 +28,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from modelhost.cli_jobs import (
+from modelhost.cli.common import (
     DEFAULT_URL,
     ApiKey,
+    Force,
     Remote,
     Timeout,
     Url,
     error_message,
     fail,
-    out,
+    history_table,
+    local_registry,
+    print_json,
+    print_table,
+    promote_here,
+    promoted,
+    push_version,
     say,
 )
 from modelhost.manifest import ModelManifest, RuntimeKind
@@ -55,26 +61,13 @@ features_app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: Most columns a table takes when standard output is not a terminal.
-_PIPE_WIDTH = 240
 #: Characters of a template digest shown in tables.
 _DIGEST_CHARS = 12
 
-Force = Annotated[
-    bool, typer.Option(help="Promote even if a gate fails (audited; says what it skipped).")
-]
 
-
-def _table(table: Table) -> None:
-    """A table at its natural width in a pipe or a log, not cut to 80 columns."""
-    console = out if out.is_terminal else Console(width=_PIPE_WIDTH)
-    console.print(table)
-
-
-def _registry() -> Registry:
-    from modelhost import cli
-
-    return cli._registry()
+def register(app: typer.Typer) -> None:
+    """Add ``modelhost features`` to the command line."""
+    app.add_typer(features_app, name="features")
 
 
 def _feature_version(registry: Registry, reference: str) -> VersionInfo:
@@ -178,7 +171,7 @@ def _side(registry: Registry | None, reference: str) -> tuple[dict[str, Any], st
 
         spec = load_spec(path)
         return spec_view(spec.manifest(), _golden_of_spec(spec)), str(path)
-    registry = registry or _registry()
+    registry = registry or local_registry()
     info = _feature_version(registry, reference)
     return spec_view(info.manifest, _golden_of_version(registry, info)), info.ref
 
@@ -194,20 +187,19 @@ def push(
 ) -> None:
     """Validate a feature spec and register it as a model version with runtime ``feature``
     (``--stage production`` promotes it through the gates, its golden set included)."""
-    from modelhost import cli
     from modelhost.features.spec import load_spec
 
     spec = load_spec(spec_file)
     with tempfile.TemporaryDirectory(prefix="modelhost-feature-") as scratch:
         directory = spec.write_version(Path(scratch) / f"{spec.name}-{spec.version}")
-        cli.push(directory, stage=stage, force=force)
+        push_version(directory, stage, force=force)
 
 
 @features_app.command("list")
 def list_features() -> None:
     """List every feature version: stage, the model that answers, its template digest."""
     table = Table("feature", "version", "stage", "model", "template", "description")
-    for model in _registry().list_models():
+    for model in local_registry().list_models():
         for v in model.versions:
             feature = v.manifest.feature
             if v.runtime != RuntimeKind.FEATURE.value or feature is None:
@@ -220,7 +212,7 @@ def list_features() -> None:
                 feature.template_digest()[:_DIGEST_CHARS],
                 v.manifest.card.description,
             )
-    _table(table)
+    print_table(table)
 
 
 @features_app.command("show")
@@ -230,16 +222,14 @@ def show(
 ) -> None:
     """Print a feature version (production unless named) as a spec in YAML, and the
     feature's history."""
-    registry = _registry()
+    registry = local_registry()
     info = _feature_version(registry, feature)
     view = spec_view(info.manifest, _golden_of_version(registry, info))
     typer.echo(f"# {info.ref} ({info.stage.value})")
     typer.echo(_yaml(view), nl=False)
     if not history:
         return
-    from modelhost.cli import history_table
-
-    _table(history_table(registry, info.model))
+    print_table(history_table(registry, info.model))
 
 
 @features_app.command("promote")
@@ -252,10 +242,8 @@ def promote(
     golden set and keeps its output schema compatible (docs/rollouts.md)."""
     import asyncio
 
-    from modelhost import cli
-
-    _feature_version(_registry(), f"{feature}@{version}")
-    cli._promoted(asyncio.run(cli._promote_here(feature, version, force=force)))
+    _feature_version(local_registry(), f"{feature}@{version}")
+    promoted(asyncio.run(promote_here(feature, version, force=force)))
 
 
 def _schema_line(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -282,7 +270,7 @@ def diff(
     """Unified diff of two feature versions as spec YAML (``NAME V1 V2``, or two of spec
     files and ``name@version``), and whether the output schema changed compatibly."""
     left, right = (first, second) if third is None else (f"{first}@{second}", f"{first}@{third}")
-    registry = None if Path(left).is_file() and Path(right).is_file() else _registry()
+    registry = None if Path(left).is_file() and Path(right).is_file() else local_registry()
     old, old_label = _side(registry, left)
     new, new_label = _side(registry, right)
     lines = difflib.unified_diff(
@@ -303,10 +291,6 @@ def _json_option(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise fail(f"{what} is not valid JSON: {exc}") from None
-
-
-def _print_json(body: Any) -> None:
-    out.print_json(json.dumps(body))
 
 
 @features_app.command("invoke")
@@ -331,7 +315,7 @@ def invoke(
     if version:
         body["version"] = version
     with Remote(url, api_key, timeout) as remote:
-        _print_json(remote.json("POST", f"/v1/features/{feature}/invoke", json=body))
+        print_json(remote.json("POST", f"/v1/features/{feature}/invoke", json=body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +376,7 @@ def _cases_to_test(remote: Remote, target: str) -> tuple[str, str | None, Golden
                 f"(modelhost features push {path})"
             )
         return spec.name, spec.version, golden
-    registry = _registry()
+    registry = local_registry()
     info = _feature_version(registry, target)
     golden = _golden_of_version(registry, info)
     if golden is None:
@@ -433,7 +417,7 @@ def golden_test(
             _cell(outcome.got),
             f"{outcome.seconds * 1000:.0f}",
         )
-    _table(table)
+    print_table(table)
     passed = sum(o.passed for o in outcomes)
     rate = passed / len(outcomes)
     p50 = statistics.median(o.seconds for o in outcomes) * 1000
@@ -582,4 +566,4 @@ def tenant(
             _state(event["before"]),
             _state(event["after"]),
         )
-    _table(table)
+    print_table(table)

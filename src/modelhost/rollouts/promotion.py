@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelhost.errors import Conflict, GateRefused, RuntimeFailure, VersionNotFound
+from modelhost.inference import InferenceRequest, new_id
 from modelhost.registry import DeploymentSpec, Registry, RolloutState, Stage, VersionInfo
 from modelhost.registry.deployments import KEEP_PREVIOUS
 from modelhost.registry.gates import (
@@ -54,8 +55,7 @@ from modelhost.registry.gates import (
     warmup_inputs,
 )
 from modelhost.registry.golden import GoldenSet, GoldenStore, golden_of
-from modelhost.serving.dataplane import DataPlane, InferenceRequest, new_id
-from modelhost.serving.many import COMPOSITE
+from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.models import Deployment, ModelState
 from modelhost.serving.router import Arm, Route
 
@@ -306,7 +306,7 @@ class Promoter:
                 request_id=new_id(GATE_PROTOCOL),
                 protocol=GATE_PROTOCOL,
             )
-            if info.manifest.runtime in COMPOSITE:  # its work is other requests
+            if info.manifest.runtime in plane.handlers:  # composite: its work is other requests
                 request.route = Route(info, Arm.PINNED)  # the candidate, loaded or not listed
                 return list((await plane.infer(request)).results)
             merged = plane.validate(info, dep, request)

@@ -8,17 +8,27 @@ advice) happen inside the commands, so the rest of the CLI starts fast.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
+
+from modelhost.cli.common import (
+    DEFAULT_URL,
+    ApiKey,
+    Remote,
+    Timeout,
+    Url,
+    err,
+    fail,
+    print_json,
+    print_table,
+    say,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -31,18 +41,15 @@ batch_app = typer.Typer(
     "cancel.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 #: Batch statuses after which nothing changes any more.
 _OVER = frozenset({"completed", "cancelled"})
-#: Most columns a table takes when standard output is not a terminal.
-_PIPE_WIDTH = 240
 
-Url = Annotated[str, typer.Option(envvar="MODELHOST_URL", help="Server URL.")]
-ApiKey = Annotated[str | None, typer.Option(envvar="MODELHOST_API_KEY", help="API key (mhk_…).")]
-Timeout = Annotated[float, typer.Option(help="Seconds one HTTP call may take.")]
+
+def register(app: typer.Typer) -> None:
+    """Add ``modelhost jobs`` and ``modelhost batch`` to the command line."""
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(batch_app, name="batch")
 
 
 class Priority(StrEnum):
@@ -53,100 +60,11 @@ class Priority(StrEnum):
     HIGH = "high"  #: before interactive jobs
 
 
-def say(text: str, console: Console = out) -> None:
-    """Print a plain line, unwrapped (paths and ids stay whole in scripts and logs)."""
-    console.print(text, highlight=False, soft_wrap=True, markup=False)
-
-
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` on stderr; raise the returned exit (code 1)."""
-    err.print("[red]error:[/red] ", end="")
-    say(message, err)
-    return typer.Exit(code=1)
-
-
-def error_message(response: httpx.Response) -> str:
-    """The server's error body as one line: ``404 not_found_error: no batch 'x'``."""
-    try:
-        error = response.json()["error"]
-        return f"{response.status_code} {error['type']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{response.status_code}: {response.text[:500]}"
-
-
-class Remote:
-    """A modelhost server over HTTP; an unreachable server or an error answer becomes
-    :func:`fail`."""
-
-    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-
-    def __enter__(self) -> Remote:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; a 4xx/5xx answer fails with the server's message."""
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {self.url}: {exc}") from None
-        if response.status_code >= 400:
-            raise fail(error_message(response))
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """One request answered with a JSON object."""
-        body: dict[str, Any] = self.call(method, path, **kwargs).json()
-        return body
-
-    def download(self, path: str, params: dict[str, str], sink: Any) -> int:
-        """Stream a JSONL answer into ``sink`` (a binary file); returns the lines written."""
-        import httpx
-
-        lines = 0
-        try:
-            with self.http.stream("GET", path, params=params) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise fail(error_message(response))
-                for chunk in response.iter_bytes():
-                    sink.write(chunk)
-                    lines += chunk.count(b"\n")
-        except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {self.url}: {exc}") from None
-        return lines
-
-
 def _when(stamp: str | None) -> str:
     """An ISO time from the server in local time, to the second; empty for None."""
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _print_table(table: Table) -> None:
-    """A table at its natural width when standard output is not a terminal (a pipe, a log),
-    rather than cut to rich's default 80 columns."""
-    console = out if out.is_terminal else Console(width=_PIPE_WIDTH)
-    console.print(table)
-
-
-def _print_json(body: Any) -> None:
-    out.print_json(json.dumps(body))
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -185,7 +103,7 @@ def jobs_list(
             _when(job["created_at"]),
             error.get("type", ""),
         )
-    _print_table(table)
+    print_table(table)
 
 
 @jobs_app.command("show")
@@ -197,7 +115,7 @@ def jobs_show(
 ) -> None:
     """Print a job (status, result or error) as JSON."""
     with Remote(url, api_key, timeout) as remote:
-        _print_json(remote.json("GET", f"/v1/jobs/{job_id}"))
+        print_json(remote.json("GET", f"/v1/jobs/{job_id}"))
 
 
 @jobs_app.command("cancel")
@@ -321,7 +239,7 @@ def batch_show(
 ) -> None:
     """Print a batch (status, progress, estimated completion) as JSON."""
     with Remote(url, api_key, timeout) as remote:
-        _print_json(remote.json("GET", f"/v1/batch/{batch_id}"))
+        print_json(remote.json("GET", f"/v1/batch/{batch_id}"))
 
 
 @batch_app.command("list")
@@ -349,7 +267,7 @@ def batch_list(
             _when(batch["created_at"]),
             _when(batch["estimated_completion_at"]),
         )
-    _print_table(table)
+    print_table(table)
 
 
 @batch_app.command("cancel")

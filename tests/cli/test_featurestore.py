@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from modelhost.cli_featurestore import record_lineage
+from modelhost.cli.featurestore import record_lineage
 from modelhost.featurestore import apply_repo, open_store
 from modelhost.featurestore.repo import select
 from modelhost.manifest import MANIFEST_FILE, TrainingSetLineage, load_manifest

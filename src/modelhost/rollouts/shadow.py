@@ -35,9 +35,9 @@ whole cost. Two limits keep shadows on spare capacity:
 Meanwhile the queue fills and further copies are dropped and counted: a quiet replica shadows
 every copy, a busy one samples, and the report's ``dropped`` says how much.
 
-A shadow call emits no :class:`~modelhost.serving.observers.InferenceEvent`: it is not a
+A shadow call emits no :class:`~modelhost.inference.InferenceEvent`: it is not a
 request, so provenance, usage, drift, rollout guards and budgets never count it, and nobody
-is charged for it. Counts go to :class:`~modelhost.serving.shadow_stats.ShadowStats` and,
+is charged for it. Counts go to :class:`~modelhost.rollouts.stats.ShadowStats` and,
 every ``rollouts.stats_flush_s``, to the tables every replica shares, where
 :meth:`ShadowRunner.report` (and ``modelhost deploy status``) sums them.
 """
@@ -49,9 +49,6 @@ import contextlib
 import logging
 import math
 import numbers
-import os
-import secrets
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,21 +63,23 @@ from modelhost.config import RolloutSettings
 from modelhost.errors import InferenceTimeout, InvalidInput, ModelhostError, PayloadTooLarge
 from modelhost.manifest import Task
 from modelhost.registry import VersionInfo
-from modelhost.runtimes import Prediction, Runtime
-from modelhost.serving.batching import CallObserver, observed_predict
-from modelhost.serving.models import Deployment, ModelState
-from modelhost.serving.router import Route, ShadowSink
-from modelhost.serving.shadow_stats import (
+from modelhost.rollouts.stats import (
     PERIOD_S,
     ShadowExample,
     ShadowReport,
     ShadowStats,
-    ShadowStore,
+    default_replica,
 )
+from modelhost.rollouts.store import ShadowStore
+from modelhost.runtimes import Prediction, Runtime
+from modelhost.serving.batching import CallObserver, observed_predict
+from modelhost.serving.models import Deployment, ModelState
+from modelhost.serving.router import Route, ShadowSink
 
 if TYPE_CHECKING:
     from modelhost.app import Services
-    from modelhost.serving.dataplane import DataPlane, InferenceRequest
+    from modelhost.inference import InferenceRequest
+    from modelhost.serving.dataplane import DataPlane
 
 log = logging.getLogger("modelhost.shadow")
 
@@ -243,12 +242,6 @@ class RunnerState:
     """Moving average of the event loop's lag, as the runner last measured it."""
 
 
-def default_replica() -> str:
-    """A name for this process in the shared rows: host, pid and a random suffix (a
-    restarted process counts apart from its predecessor)."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
 class ShadowRunner(ShadowSink, Component):
     """Runs the shadow versions of answered live requests and keeps their statistics.
 
@@ -257,7 +250,8 @@ class ShadowRunner(ShadowSink, Component):
             as :func:`build_shadow` does) and whose models it runs.
         store: the shared statistics tables.
         settings: the queue bound, examples kept, flush interval and retention.
-        replica: this process's name in the shared rows (default: :func:`default_replica`).
+        replica: this process's name in the shared rows (default:
+            :func:`~modelhost.rollouts.stats.default_replica`).
         options: threads, draining and the use of spare capacity.
     """
 

@@ -1,52 +1,26 @@
-"""Shadow statistics: histograms, the in-memory counts between flushes, and the shared tables
-over SQLite and PostgreSQL (several replicas summed, idempotent overwrites, examples kept to
-the newest, purge)."""
+"""The shared tables over SQLite and PostgreSQL: canary rows of several replicas summed in a
+window, flushes that keep their counts on failure and purge old rows; shadow rows of several
+replicas summed, idempotent overwrites, examples cut to size and kept to the newest, purge."""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from modelhost.serving.shadow_stats import (
+from modelhost.errors import RuntimeFailure
+from modelhost.registry import VersionInfo, make_engine
+from modelhost.rollouts.stats import PERIOD_S, Counts, ShadowStats, WindowStats, period_of
+from modelhost.rollouts.store import (
     EXAMPLE_BYTES,
-    PERIOD_S,
-    LatencyHistogram,
-    ShadowExample,
-    ShadowStats,
+    RolloutStats,
+    RolloutStatsStore,
     ShadowStore,
     bounded,
-    period_of,
 )
-
-#: The middle of the current period, so moments a few seconds around it share its period.
-NOW = period_of(time.time()) + PERIOD_S / 2
-
-
-def example(n: int, at: float, version: str = "2.0.0", replica: str = "a") -> ShadowExample:
-    return ShadowExample(
-        model="iris",
-        version=version,
-        primary_version="1.0.0",
-        request_id=f"r{n}",
-        at=at,
-        item=0,
-        input=[n, 1.5],
-        primary={"label": "setosa"},
-        shadow={"label": "virginica"},
-        replica=replica,
-    )
-
-
-def count(stats: ShadowStats, at: float, *, agree: bool, shadow_s: float, primary_s: float) -> None:
-    tally = stats.tally("iris", "2.0.0", at)
-    tally.compared += 1
-    tally.items += 1
-    tally.items_agreed += agree
-    tally.agreed += agree
-    tally.shadow.add(shadow_s)
-    tally.primary.add(primary_s)
+from tests.rollouts.samples import NOW, count, event, example
 
 
 @pytest.fixture
@@ -54,43 +28,75 @@ def store(engine: Engine) -> ShadowStore:
     return ShadowStore(engine, examples=3)
 
 
-def test_histogram_quantiles_are_within_a_bucket() -> None:
-    histogram = LatencyHistogram()
-    for ms in range(1, 101):
-        histogram.add(ms / 1000)
-    p50, p95 = histogram.quantile(0.5), histogram.quantile(0.95)
-    assert p50 is not None
-    assert p95 is not None
-    assert p50 == pytest.approx(0.050, rel=0.05)
-    assert p95 == pytest.approx(0.095, rel=0.05)
-    assert histogram.mean() == pytest.approx(0.0505)
-    assert LatencyHistogram().quantile(0.5) is None
-    back = LatencyHistogram.from_json(histogram.to_json(), histogram.total_s)
-    assert (back.count, back.quantile(0.95)) == (100, p95)
-    tiny, huge = LatencyHistogram(), LatencyHistogram()
-    tiny.add(0.0)
-    huge.add(1e9)
-    assert tiny.quantile(1.0) == pytest.approx(1e-6, rel=0.1)
-    assert (huge.quantile(1.0) or 0) > 3600
+def counts(requests: int, errors: int, seconds: float) -> Counts:
+    made = Counts()
+    for _ in range(requests - errors):
+        made.answered(seconds)
+    for _ in range(errors):
+        made.failed()
+    return made
 
 
-def test_counts_are_taken_put_back_and_forgotten_once_written() -> None:
-    stats = ShadowStats("a", examples=2)
-    count(stats, NOW - PERIOD_S, agree=True, shadow_s=0.01, primary_s=0.01)
-    count(stats, NOW, agree=False, shadow_s=0.02, primary_s=0.01)
-    for n in range(3):
-        stats.example(example(n, NOW))
-    batch = stats.take()
-    assert len(batch.tallies) == 2
-    assert [e.request_id for e in batch.examples] == ["r1", "r2"]  # the newest two
-    assert not stats.take()  # nothing changed since
-    stats.put_back(batch)  # the flush failed
-    again = stats.take()
-    assert set(again.tallies) == set(batch.tallies)
-    assert len(again.examples) == 2
-    stats.settle(NOW)  # written: the ended period is forgotten, the current one kept
-    totals = stats.totals("iris", "2.0.0")
-    assert (totals.compared, totals.agreed) == (1, 0)
+def test_rows_of_every_replica_are_summed_in_the_window(engine: Engine) -> None:
+    store = RolloutStatsStore(engine)
+    canary, production = ("flowers", "1.1.0"), ("flowers", "1.0.0")
+    store.add("replica-a", NOW - 100, {canary: counts(50, 50, 0.001)})  # before the window
+    store.add("replica-a", NOW - 5, {canary: counts(30, 1, 0.010), production: counts(9, 0, 0.01)})
+    store.add("replica-b", NOW - 4, {canary: counts(20, 2, 0.030)})
+    store.add("replica-b", NOW - 3, {("other", "1.1.0"): counts(7, 7, 0.5)})
+    found = store.window("flowers", "1.1.0", NOW - 60)
+    assert (found.requests, found.errors, found.answered) == (50, 3, 47)
+    assert found.error_rate == pytest.approx(0.06)
+    assert found.p50 == pytest.approx(0.010, rel=0.011)  # 29 of 47 answered in 10 ms
+    assert found.p95 == pytest.approx(0.030, rel=0.011)
+    assert found.as_dict()["p95_ms"] == pytest.approx(30.0, rel=0.011)
+    assert store.window("flowers", "1.0.0", NOW - 60).requests == 9
+    assert store.window("flowers", "2.0.0", NOW - 60) == WindowStats()
+    assert store.window("flowers", "1.1.0", NOW - 200).requests == 100
+    assert store.purge(NOW - 60) == 1
+    assert store.window("flowers", "1.1.0", NOW - 200).requests == 50
+
+
+@pytest.mark.asyncio
+async def test_a_flush_writes_per_replica_and_purges_past_the_retention(
+    engine: Engine, info: VersionInfo
+) -> None:
+    clock = [NOW]
+    store = RolloutStatsStore(engine)
+    one = RolloutStats(store, retention_s=3600, replica="one", clock=lambda: clock[0])
+    two = RolloutStats(store, retention_s=3600, replica="two", clock=lambda: clock[0])
+    assert one.replica != RolloutStats(store).replica != RolloutStats(store).replica
+    for _ in range(4):
+        one.ledger.observe(event(info))
+    two.ledger.observe(event(info, error=RuntimeFailure("broke")))
+    assert (await one.flush(), await two.flush(), await two.flush()) == (1, 1, 0)
+    summed = await one.window("flowers", "1.1.0", NOW - 1)
+    assert (summed.requests, summed.errors) == (5, 1)
+    clock[0] = NOW + 4000  # the first rows are past the retention now
+    one.ledger.observe(event(info))
+    assert await one.flush() == 1
+    left = await one.window("flowers", "1.1.0", 0.0)
+    assert (left.requests, left.errors) == (1, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_flush_keeps_its_counts_for_the_next(
+    tmp_path: Path, info: VersionInfo
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'stats.db'}")
+    store = RolloutStatsStore(engine)
+    stats = RolloutStats(store, replica="one")
+    for _ in range(3):
+        stats.ledger.observe(event(info))
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE mh_rollout_stats"))
+    with pytest.raises(Exception, match="mh_rollout_stats"):
+        await stats.flush()
+    stats.ledger.observe(event(info))
+    RolloutStatsStore(engine)  # the table is back
+    assert await stats.flush() == 1
+    assert (await stats.window("flowers", "1.1.0", 0.0)).requests == 4
+    engine.dispose()
 
 
 def test_an_example_too_large_is_cut() -> None:

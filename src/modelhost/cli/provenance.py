@@ -15,17 +15,25 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
-from modelhost.cli_jobs import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out, say
+from modelhost.cli.common import (
+    DEFAULT_URL,
+    ApiKey,
+    Remote,
+    Timeout,
+    Url,
+    fail,
+    out,
+    print_json,
+    print_table,
+    say,
+)
 
 provenance_app = typer.Typer(
     help="Provenance records of a running server: list, show (see also `modelhost replay`).",
     no_args_is_help=True,
 )
-#: Most columns a table takes when standard output is not a terminal.
-_PIPE_WIDTH = 240
 #: Longest value shown in a table cell.
 _CELL = 60
 
@@ -36,15 +44,6 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``modelhost`` command line."""
     app.command("replay")(replay)
     app.add_typer(provenance_app, name="provenance")
-
-
-def _print_table(table: Table) -> None:
-    console = out if out.is_terminal else Console(width=_PIPE_WIDTH)
-    console.print(table)
-
-
-def _print_json(body: Any) -> None:
-    out.print_json(json.dumps(body))
 
 
 def _cell(value: Any) -> str:
@@ -89,7 +88,7 @@ def _show_one(body: dict[str, Any]) -> None:
     latency = body["latency_ms"]
     say(f"  latency: {_ms(latency['original'])} recorded, {_ms(latency['replay'])} replayed")
     if body["diff"]:
-        _print_table(_diff_table(body["diff"]))
+        print_table(_diff_table(body["diff"]))
 
 
 def _show_window(body: dict[str, Any]) -> None:
@@ -134,7 +133,7 @@ def _show_window(body: dict[str, Any]) -> None:
             _cell(first["original"]),
             _cell(first["replay"]),
         )
-    _print_table(table)
+    print_table(table)
 
 
 def replay(
@@ -183,7 +182,7 @@ def replay(
                 json={"version": version} if version else {},
             )
         if as_json:
-            _print_json(body)
+            print_json(body)
         else:
             _show_one(body)
         return
@@ -201,7 +200,7 @@ def replay(
     with Remote(url, api_key, timeout) as remote:
         body = remote.json("POST", "/v1/provenance/replay", json=payload)
     if as_json:
-        _print_json(body)
+        print_json(body)
     else:
         _show_window(body)
 
@@ -239,7 +238,7 @@ def list_records(
     with Remote(url, api_key, timeout) as remote:
         body = remote.json("GET", "/v1/provenance", params=params)
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
     columns = ("created", "model", "protocol", "principal", "status", "latency", "payload")
     table = Table(Column("request", no_wrap=True), *columns)
@@ -256,7 +255,7 @@ def list_records(
             _ms(record["duration_ms"]),
             record["payload"],
         )
-    _print_table(table)
+    print_table(table)
 
 
 @provenance_app.command("show")
@@ -268,4 +267,4 @@ def show(
 ) -> None:
     """Print one provenance record as JSON (the newest one of a request id)."""
     with Remote(url, api_key, timeout) as remote:
-        _print_json(remote.json("GET", f"/v1/provenance/{request_id}"))
+        print_json(remote.json("GET", f"/v1/provenance/{request_id}"))

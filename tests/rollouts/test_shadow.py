@@ -17,20 +17,24 @@ import pytest_asyncio
 
 from modelhost.app import Services, build_registry, build_services, close_services
 from modelhost.config import CacheSettings, DemoSettings, RolloutSettings, Settings
+from modelhost.inference import (
+    InferenceEvent,
+    InferenceObserver,
+    InferenceRequest,
+    InferenceResponse,
+)
 from modelhost.manifest import Task
 from modelhost.registry import Registry, Stage
-from modelhost.serving.dataplane import InferenceRequest, InferenceResponse
-from modelhost.serving.observers import InferenceEvent, InferenceObserver
-from modelhost.serving.shadow import (
+from modelhost.rollouts.shadow import (
     RunnerOptions,
     ShadowRunner,
     build_shadow,
     close,
     compare,
-    default_replica,
     items_agree,
 )
-from modelhost.serving.shadow_stats import ShadowReport, ShadowStore
+from modelhost.rollouts.stats import ShadowReport, default_replica
+from modelhost.rollouts.store import ShadowStore
 from tests.serving.iris_variants import iris_rows, write_iris_variant
 
 ROWS, _ = iris_rows()

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelhost.cli_jobs import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out
+from modelhost.cli.common import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from modelhost.cli_jobs import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out, say
+from modelhost.cli.common import DEFAULT_URL, ApiKey, Remote, Timeout, Url, fail, out, say
 
 
 class _DeployGroup(TyperGroup):

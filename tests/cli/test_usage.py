@@ -7,7 +7,7 @@ from datetime import datetime
 
 import httpx
 
-from modelhost.cli_usage import when
+from modelhost.cli.usage import when
 from tests.conftest import Server, run_cli
 
 
