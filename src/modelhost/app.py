@@ -43,6 +43,7 @@ from modelhost.jobs import Backoff, QueueBackend, SqlQueue, Worker
 from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import build_deliverer
 from modelhost.jobs.worker import WorkerOptions
+from modelhost.memory import build_memory
 from modelhost.monitoring.drift import DriftMonitor, build_drift
 from modelhost.monitoring.feedback import FeedbackStore
 from modelhost.monitoring.metrics import Metrics
@@ -286,6 +287,7 @@ def build_components(services: Services) -> None:
         services.feature_store,
         build_rollouts(services),
         build_shadow(services),
+        build_memory(services.settings),
     ]
     for component in services.components:
         services.plane.observers.extend(component.observers())

@@ -78,6 +78,13 @@ class InferenceSettings(BaseModel):
     """How often a server re-reads the registry (one indexed ``max(id)`` query when nothing
     changed) to pick up pushes, promotions, aliases and deployment changes made through any
     replica; a change is in force everywhere within this plus a load."""
+    malloc_trim_interval_s: float = Field(default=30.0, ge=0)
+    """How often the server gives glibc's free heap pages back to the OS (``malloc_trim``;
+    docs/operations.md, "Memory"); 0 never does. Freed memory otherwise stays in the
+    per-thread malloc arenas and the resident size keeps its peak."""
+    malloc_arena_max: int | None = Field(default=None, ge=1)
+    """Most glibc malloc arenas (as ``MALLOC_ARENA_MAX``, applied when the server builds its
+    services, before the inference threads start); none leaves glibc's default (8 per core)."""
 
 
 class AuthSettings(BaseModel):

@@ -78,3 +78,12 @@ def test_onnx_not_loaded(minilm_dir: Path) -> None:
     assert runtime.metadata() == {}
     with pytest.raises(RuntimeFailure):
         runtime.predict(["hello"], {})
+
+
+def test_onnx_runs_shrink_the_cpu_arena(onnx_runtime: EmbeddingsOnnxRuntime) -> None:
+    from modelhost.runtimes.onnx import ARENA_SHRINKAGE
+
+    assert onnx_runtime._run_options.get_run_config_entry(ARENA_SHRINKAGE) == "cpu:0"
+    long_then_short = onnx_runtime.predict(["word " * 300, "hi"], {}).results
+    assert len(long_then_short) == 2
+    assert len(long_then_short[0]["embedding"]) == 384

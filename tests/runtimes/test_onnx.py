@@ -24,3 +24,19 @@ def test_metadata_describes_graph(iris_dirs: list[Path]) -> None:
     meta = load_runtime(iris_dirs[1]).metadata()
     assert meta["inputs"][0]["name"] == "input"
     assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+
+
+def test_runs_shrink_the_cpu_arena_unless_the_manifest_says_not() -> None:
+    from modelhost.runtimes.onnx import ARENA_SHRINKAGE, run_options
+
+    assert run_options({}).get_run_config_entry(ARENA_SHRINKAGE) == "cpu:0"
+    assert run_options({"arena_shrinkage": False}) is None
+
+
+def test_the_loaded_session_runs_with_arena_shrinkage(iris_dirs: list[Path]) -> None:
+    from modelhost.runtimes.onnx import ARENA_SHRINKAGE
+
+    runtime = load_runtime(iris_dirs[1])
+    assert isinstance(runtime, OnnxRuntime)
+    assert runtime._run_options.get_run_config_entry(ARENA_SHRINKAGE) == "cpu:0"
+    assert runtime.predict([[5.1, 3.5, 1.4, 0.2]], {}).results

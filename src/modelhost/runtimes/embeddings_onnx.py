@@ -19,6 +19,7 @@ from modelhost.errors import MissingDependencyError, RuntimeFailure
 from modelhost.inference import Usage
 from modelhost.runtimes.base import Prediction, Runtime, RuntimeContext
 from modelhost.runtimes.embeddings import _text
+from modelhost.runtimes.onnx import run_options
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -100,7 +101,9 @@ class EmbeddingsOnnxRuntime(Runtime):
     Artifacts: ``model`` (the sentence-transformers directory, for its tokenizer and
     ``sentence_bert_config.json``; default ``.``) and ``onnx`` (the graph made by
     :func:`export_onnx`; default ``model.onnx``). Options: ``normalize`` (default true),
-    ``batch_size`` (default 32).
+    ``batch_size`` (default 32), ``arena_shrinkage`` (default true: onnxruntime's CPU arena
+    gives back after each run what it grew for a long batch; see
+    :func:`modelhost.runtimes.onnx.run_options`).
     """
 
     def __init__(self, context: RuntimeContext) -> None:
@@ -110,6 +113,7 @@ class EmbeddingsOnnxRuntime(Runtime):
         self._feeds: tuple[str, ...] = ()
         self.dimensions = 0
         self.max_seq_length = 0
+        self._run_options: Any = None
 
     def load(self) -> None:
         """Open the tokenizer and an inference session on the graph."""
@@ -141,6 +145,7 @@ class EmbeddingsOnnxRuntime(Runtime):
             providers=["CPUExecutionProvider"],
         )
         self._feeds = tuple(i.name for i in self._session.get_inputs())
+        self._run_options = run_options(self.manifest.options)
         self.dimensions = int(self._session.get_outputs()[0].shape[-1])
 
     def _encode(self, texts: list[str], normalize: bool) -> tuple[np.ndarray, int]:
@@ -151,7 +156,7 @@ class EmbeddingsOnnxRuntime(Runtime):
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         (hidden,) = self._session.run(
-            ["last_hidden_state"], {name: arrays[name] for name in self._feeds}
+            ["last_hidden_state"], {name: arrays[name] for name in self._feeds}, self._run_options
         )
         mask = arrays["attention_mask"][:, :, None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
