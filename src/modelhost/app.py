@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from modelhost import __version__
+from modelhost.accounting.feedback import FeedbackStore
+from modelhost.accounting.usage import UsageComponent, build_usage
 from modelhost.api import batch as batch_api
 from modelhost.api import deployments as deployments_api
 from modelhost.api import drift as drift_api
@@ -36,6 +38,7 @@ from modelhost.api.middleware import RequestIdMiddleware
 from modelhost.cache.response import build_response_cache
 from modelhost.components import Component
 from modelhost.config import Settings
+from modelhost.drift.monitor import DriftMonitor, build_drift
 from modelhost.errors import ConfigError, Conflict, MissingDependencyError
 from modelhost.features.component import FeaturesComponent, build_features
 from modelhost.featurestore.component import FeatureStoreComponent, build_feature_store
@@ -44,11 +47,8 @@ from modelhost.jobs.events import MemoryBus, RedisBus, TokenBus
 from modelhost.jobs.webhooks import build_deliverer
 from modelhost.jobs.worker import WorkerOptions
 from modelhost.memory import build_memory
-from modelhost.monitoring.drift import DriftMonitor, build_drift
-from modelhost.monitoring.feedback import FeedbackStore
-from modelhost.monitoring.metrics import Metrics
-from modelhost.monitoring.tracing import Tracer, build_tracer
-from modelhost.monitoring.usage import UsageComponent, build_usage
+from modelhost.observability.metrics import Metrics
+from modelhost.observability.tracing import Tracer, build_tracer
 from modelhost.provenance import ProvenanceComponent, build_provenance
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.rollouts.monitor import build_rollouts

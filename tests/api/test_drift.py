@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelhost.demo import IRIS_FEATURES
 from modelhost.jobs.webhooks import verify
 from tests.conftest import Server, create_key, run_cli, start_server, stop_server
+from tests.drift.test_monitor import SAVE_STDIN, iris_stream, write_iris_model
 from tests.jobs.test_webhooks import Receiver, Reply
-from tests.monitoring.test_drift import SAVE_STDIN, iris_stream, write_iris_model
 
 T = TypeVar("T")
 DRIFT_ENV = {

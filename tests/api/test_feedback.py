@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelhost.monitoring.feedback import FeedbackStore
+from modelhost.accounting.feedback import FeedbackStore
 from modelhost.registry import make_engine
 from tests.conftest import Server, create_key, run_cli, start_server, stop_server
 from tests.serving.iris_variants import iris_rows, write_iris_variant

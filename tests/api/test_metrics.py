@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelhost.monitoring import Metrics
+from modelhost.observability import Metrics
 
 #: Every family modelhost publishes, with its type.
 FAMILIES = {

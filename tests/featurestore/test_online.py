@@ -26,7 +26,7 @@ from modelhost.featurestore import apply_repo, materialize
 from modelhost.featurestore.online import OnlineFeatures, Served, entity_label, stored_of
 from modelhost.featurestore.repo import FeatureStores
 from modelhost.manifest import load_manifest
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
 from tests.featurestore.builder import (
     CUSTOMERS,

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from modelhost.config import ProvenanceSettings
 from modelhost.inference import InferenceEvent, InferenceRequest
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.provenance import ProvenanceStore, Query, Recorder
 from modelhost.provenance.recorder import RecorderCollector
 

@@ -19,12 +19,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import Engine
 
+from modelhost.accounting.feedback import Feedback, FeedbackStore
 from modelhost.app import Services, build_services, close_services, stop_components
 from modelhost.config import CacheSettings, DemoSettings, JobSettings, RolloutSettings, Settings
 from modelhost.inference import InferenceRequest
 from modelhost.jobs.webhooks import tenant_secret, verify
-from modelhost.monitoring.feedback import Feedback, FeedbackStore
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import (
     ArtifactStore,
     DeploymentSpec,

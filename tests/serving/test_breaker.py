@@ -17,7 +17,7 @@ from modelhost.errors import (
     RuntimeFailure,
 )
 from modelhost.manifest import parse_manifest
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
 from modelhost.serving.breaker import Breakers, CircuitState, counts_against
 

@@ -23,7 +23,7 @@ from modelhost.errors import (
 )
 from modelhost.inference import InferenceRequest, InferenceResponse
 from modelhost.manifest import parse_manifest
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import Stage, VersionInfo
 from modelhost.serving.breaker import Breakers, CircuitState
 from tests.conftest import write_python_model

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.webhooks.delivery import Retries, SignedWebhooks, WebhookOptions, envelope
 from modelhost.webhooks.egress import CallbackPolicy, Egress, Outcome
 from modelhost.webhooks.signing import tenant_secret

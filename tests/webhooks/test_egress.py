@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from modelhost.errors import InvalidInput
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.webhooks.egress import CallbackPolicy, Egress
 from tests.conftest import free_port
 from tests.receiver import Receiver, Reply

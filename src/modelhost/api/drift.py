@@ -15,7 +15,7 @@ from modelhost.protocol.v1 import ErrorBody
 from modelhost.security.keys import SYSTEM_TENANT, Scope
 
 if TYPE_CHECKING:
-    from modelhost.monitoring.drift import DriftMonitor
+    from modelhost.drift.monitor import DriftMonitor
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415)

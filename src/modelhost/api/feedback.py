@@ -32,11 +32,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from modelhost.accounting.feedback import Feedback, FeedbackStore
 from modelhost.api.auth import principal_of
 from modelhost.api.http import json_response, parse_json, read_body
 from modelhost.api.openapi import json_body
 from modelhost.errors import Conflict, InvalidInput, NotFound
-from modelhost.monitoring.feedback import Feedback, FeedbackStore
 from modelhost.protocol.v1 import FEEDBACK_SCHEMA, ErrorBody
 from modelhost.provenance.recorder import Recorder
 from modelhost.provenance.store import ProvenanceStore, Record

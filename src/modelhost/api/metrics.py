@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 
 
 def build_router(metrics: Metrics) -> APIRouter:

@@ -8,8 +8,8 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelhost.api.errors import internal_error
-from modelhost.monitoring.logs import REQUEST_ID
-from modelhost.monitoring.tracing import RequestSpan, Tracer
+from modelhost.observability.logs import REQUEST_ID
+from modelhost.observability.tracing import RequestSpan, Tracer
 
 log = logging.getLogger("modelhost.api")
 _HEADER = b"x-request-id"
@@ -18,7 +18,7 @@ _HEADER = b"x-request-id"
 class RequestIdMiddleware:
     """Give every HTTP request an id (the caller's ``X-Request-ID`` or a new one) and echo it.
 
-    The id is also put in :data:`~modelhost.monitoring.logs.REQUEST_ID` while the request runs,
+    The id is also put in :data:`~modelhost.observability.logs.REQUEST_ID` while the request runs,
     so log lines carry it. With tracing on, the request runs inside its server span (a child of
     the caller's ``traceparent``), named after the matched route once routing found it.
 

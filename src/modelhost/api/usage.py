@@ -14,10 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from modelhost.api.auth import principal_of
-from modelhost.api.http import json_response
-from modelhost.errors import Forbidden, InvalidInput
-from modelhost.monitoring.usage import (
+from modelhost.accounting.usage import (
     DIMENSIONS,
     Totals,
     UsageComponent,
@@ -25,6 +22,9 @@ from modelhost.monitoring.usage import (
     UsageQuery,
     columns_of,
 )
+from modelhost.api.auth import principal_of
+from modelhost.api.http import json_response
+from modelhost.errors import Forbidden, InvalidInput
 from modelhost.protocol.v1 import ErrorBody
 from modelhost.security.keys import Principal
 

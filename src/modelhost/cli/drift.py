@@ -143,8 +143,8 @@ def drift_report(
     timeout: Timeout = 60.0,
 ) -> None:
     """Write an HTML report with plots of a version's drift (needs modelhost[reports])."""
+    from modelhost.drift.report import render_report
     from modelhost.errors import MissingDependencyError
-    from modelhost.monitoring.drift_report import render_report
 
     with Remote(url, api_key, timeout) as remote:
         body = _fetch(remote, model, version, histograms=True)

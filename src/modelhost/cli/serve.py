@@ -99,7 +99,7 @@ def serve(
             "[bold red]WARNING: authentication is OFF (--no-auth); do not expose this "
             "server[/bold red]"
         )
-    from modelhost.monitoring.logs import configure_logging
+    from modelhost.observability.logs import configure_logging
 
     settings = Settings()
     log_config = configure_logging(log_level, settings.log_format)
@@ -129,7 +129,7 @@ def worker(
     import asyncio
 
     from modelhost.app import run_worker
-    from modelhost.monitoring.logs import configure_logging
+    from modelhost.observability.logs import configure_logging
 
     if concurrency is not None:
         os.environ["MODELHOST_JOBS__WORKERS"] = str(concurrency)

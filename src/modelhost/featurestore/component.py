@@ -33,7 +33,7 @@ from modelhost.webhooks.delivery import SignedWebhooks, now_iso
 
 if TYPE_CHECKING:
     from modelhost.config import FeatureStoreSettings, Settings
-    from modelhost.monitoring.metrics import Metrics
+    from modelhost.observability.metrics import Metrics
     from modelhost.provenance import ProvenanceComponent
     from modelhost.serving.models import ModelManager
     from modelhost.webhooks.egress import Egress
@@ -298,7 +298,7 @@ def build_feature_store(
     """The feature-store component (the whole ``settings``: its alerts are signed and sent as
     drift alerts are); its :attr:`~FeatureStoreComponent.online` reads are the data plane's
     stored features. Skew checks read ``provenance``'s records."""
-    from modelhost.monitoring.drift_alerts import AlertOptions
+    from modelhost.drift.alerts import AlertOptions
 
     options = AlertOptions.from_settings(settings)
     return FeatureStoreComponent(

@@ -26,7 +26,7 @@ from modelhost.featurestore.repo import FeatureStores, Selection, select
 
 if TYPE_CHECKING:
     from modelhost.manifest import FeatureStoreConfig
-    from modelhost.monitoring.metrics import Metrics
+    from modelhost.observability.metrics import Metrics
     from modelhost.registry import VersionInfo
 
 #: Suffix of the event-timestamp columns of Feast's ``to_dict(include_event_timestamps=True)``.

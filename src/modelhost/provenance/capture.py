@@ -28,7 +28,7 @@ import orjson
 from modelhost.errors import ModelhostError
 from modelhost.inference import InferenceEvent
 from modelhost.manifest import MANIFEST_FILE, ProvenanceConfig
-from modelhost.monitoring.metrics import outcome_of
+from modelhost.observability.metrics import outcome_of
 from modelhost.registry import VersionInfo
 from modelhost.security.guards import OutputGuard, OutputGuardConfig
 from modelhost.security.keys import ANONYMOUS

@@ -16,7 +16,7 @@ takes traffic, compares the canary with production over the deployment's sliding
 * **errors**: the canary's server-side error rate above ``max_error_rate`` (0.1%), judged on the
   canary alone once it has ``min_samples`` requests; a canary failing no more often than
   production (measured on ``min_samples`` too) is not blamed for what both suffer;
-* **accuracy**: production's online accuracy (:class:`~modelhost.monitoring.feedback.
+* **accuracy**: production's online accuracy (:class:`~modelhost.accounting.feedback.
   FeedbackStore`) minus the canary's above ``max_accuracy_drop`` (5 points), each side with
   ``min_feedback`` answers.
 
@@ -52,12 +52,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from modelhost.accounting.feedback import FeedbackStore
 from modelhost.components import Component
 from modelhost.config import RolloutSettings
 from modelhost.errors import GateRefused, ModelhostError
 from modelhost.inference import InferenceObserver
-from modelhost.monitoring.feedback import FeedbackStore
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import DeploymentSpec, GuardPolicy, Registry, RolloutState
 from modelhost.rollouts.promotion import Promoter
 from modelhost.rollouts.stats import WindowStats

@@ -44,9 +44,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelhost.accounting.usage import is_replay
 from modelhost.errors import RequestError
 from modelhost.inference import InferenceEvent, InferenceObserver
-from modelhost.monitoring.usage import is_replay
 
 # -- latency histograms -----------------------------------------------------------------------
 

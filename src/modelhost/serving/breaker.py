@@ -26,7 +26,7 @@ from modelhost.errors import (
     QueueTimeout,
     RuntimeFailure,
 )
-from modelhost.monitoring.metrics import Metrics
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import VersionInfo
 
 log = logging.getLogger("modelhost.breaker")

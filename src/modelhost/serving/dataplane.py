@@ -42,8 +42,8 @@ from modelhost.inference import (
     Usage,
 )
 from modelhost.manifest import RuntimeKind
-from modelhost.monitoring.metrics import Metrics
-from modelhost.monitoring.tracing import Tracer
+from modelhost.observability.metrics import Metrics
+from modelhost.observability.tracing import Tracer
 from modelhost.registry import VersionInfo
 from modelhost.runtimes import Lane, Prediction, StreamChunk
 from modelhost.security.access import AccessControl

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from modelhost.errors import ModelNotReady
-from modelhost.monitoring.metrics import outcome_of
+from modelhost.observability.metrics import outcome_of
 from modelhost.registry import VersionInfo
 from modelhost.serving.breaker import counts_against
 

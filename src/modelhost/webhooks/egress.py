@@ -41,10 +41,10 @@ import httpx
 
 from modelhost.config import Settings
 from modelhost.errors import InvalidInput, describe
-from modelhost.monitoring.tracing import Tracer
+from modelhost.observability.tracing import Tracer
 
 if TYPE_CHECKING:
-    from modelhost.monitoring.metrics import Metrics
+    from modelhost.observability.metrics import Metrics
 
 log = logging.getLogger("modelhost.webhooks")
 

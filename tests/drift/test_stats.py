@@ -14,9 +14,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from modelhost.demo import IRIS_FEATURES
-from modelhost.errors import InvalidInput
-from modelhost.manifest import DriftThresholds, parse_manifest
-from modelhost.monitoring.drift_stats import (
+from modelhost.drift.stats import (
     OTHER,
     DataFormat,
     DriftStatus,
@@ -36,6 +34,8 @@ from modelhost.monitoring.drift_stats import (
     score_window,
     shares,
 )
+from modelhost.errors import InvalidInput
+from modelhost.manifest import DriftThresholds, parse_manifest
 
 IRIS = ReferenceOptions(features=tuple(IRIS_FEATURES), feature_names=tuple(IRIS_FEATURES))
 SCORING = ScoreOptions(min_samples=100, feature_names=tuple(IRIS_FEATURES))

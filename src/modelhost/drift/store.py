@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from modelhost.monitoring.drift_stats import Reference
+from modelhost.drift.stats import Reference
 from modelhost.registry.db import Base, utcnow
 
 #: The alert states a version moves between; the other statuses leave the state as it is.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
-from modelhost.monitoring.drift_stats import Reference, ReferenceOptions, build_reference
-from modelhost.monitoring.drift_store import STATE_DRIFT, STATE_OK, DriftStore, new_alert_id
+from modelhost.drift.stats import Reference, ReferenceOptions, build_reference
+from modelhost.drift.store import STATE_DRIFT, STATE_OK, DriftStore, new_alert_id
 
 
 def reference(scale: float = 1.0) -> Reference:

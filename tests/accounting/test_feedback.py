@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy.engine import Engine
 
-from modelhost.monitoring.feedback import Feedback, FeedbackStore
+from modelhost.accounting.feedback import Feedback, FeedbackStore
 
 NOW = datetime.now(UTC)
 

@@ -14,11 +14,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from modelhost.app import Services, build_services, close_services, stop_components
-from modelhost.config import DemoSettings, Settings, UsageSettings
-from modelhost.errors import InvalidInput
-from modelhost.inference import InferenceRequest
-from modelhost.monitoring.usage import (
+from modelhost.accounting.usage import (
     HOUR,
     Totals,
     UsageComponent,
@@ -28,6 +24,10 @@ from modelhost.monitoring.usage import (
     UsageStore,
     build_usage,
 )
+from modelhost.app import Services, build_services, close_services, stop_components
+from modelhost.config import DemoSettings, Settings, UsageSettings
+from modelhost.errors import InvalidInput
+from modelhost.inference import InferenceRequest
 from modelhost.registry import Stage, make_engine
 from modelhost.security.keys import Principal
 from tests.conftest import write_python_model

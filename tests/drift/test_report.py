@@ -11,14 +11,14 @@ import textwrap
 from typing import Any
 
 from modelhost.demo import IRIS_FEATURES
-from modelhost.manifest import DriftThresholds
-from modelhost.monitoring.drift_report import render_report, verdict
-from modelhost.monitoring.drift_stats import (
+from modelhost.drift.report import render_report, verdict
+from modelhost.drift.stats import (
     ReferenceOptions,
     ScoreOptions,
     build_reference,
     score_window,
 )
+from modelhost.manifest import DriftThresholds
 
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -105,7 +105,7 @@ def test_without_matplotlib_the_report_names_the_extra() -> None:
         import sys
         sys.modules["matplotlib"] = None  # as if it were not installed
         from modelhost.errors import MissingDependencyError
-        from modelhost.monitoring.drift_report import render_report
+        from modelhost.drift.report import render_report
         try:
             render_report({"model": "m", "version": "1", "status": "ok"})
         except MissingDependencyError as exc:

@@ -28,7 +28,7 @@ from modelhost.errors import InvalidInput
 from modelhost.inference import InferenceRequest
 from modelhost.jobs import SqlQueue
 from modelhost.jobs.webhooks import WebhookDeliverer
-from modelhost.monitoring.tracing import OtelTracer, Tracer, build_tracer, current_ids
+from modelhost.observability.tracing import OtelTracer, Tracer, build_tracer, current_ids
 from modelhost.registry import Stage, make_engine
 from modelhost.webhooks.egress import Egress
 from tests.conftest import Server, run_cli, start_server, stop_server, write_python_model
@@ -71,7 +71,7 @@ def test_tracing_on_without_the_extra_names_it() -> None:
         "sys.modules['opentelemetry.sdk'] = None  # as if the otel extra were not installed\n"
         "from modelhost.config import TracingSettings\n"
         "from modelhost.errors import MissingDependencyError\n"
-        "from modelhost.monitoring.tracing import build_tracer\n"
+        "from modelhost.observability.tracing import build_tracer\n"
         "try:\n"
         "    build_tracer(TracingSettings(enabled=True))\n"
         "except MissingDependencyError as exc:\n"

@@ -27,7 +27,7 @@ from modelhost.errors import (
 )
 from modelhost.inference import InferenceRequest
 from modelhost.jobs import NewJob, SqlQueue
-from modelhost.monitoring import Metrics, outcome_of
+from modelhost.observability import Metrics, outcome_of
 from modelhost.registry import Stage
 from tests.conftest import write_python_model
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from modelhost.components import PeriodicComponent
 from modelhost.config import UsageSettings
 from modelhost.inference import InferenceEvent, InferenceObserver
-from modelhost.monitoring.metrics import UNKNOWN
+from modelhost.observability.metrics import UNKNOWN
 from modelhost.registry.db import Base, add_missing_columns
 from modelhost.security.keys import ANONYMOUS
 

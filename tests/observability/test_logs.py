@@ -14,8 +14,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from modelhost.config import TracingSettings
-from modelhost.monitoring.logs import REQUEST_ID, JsonFormatter, LogFormat, logging_config
-from modelhost.monitoring.tracing import OtelTracer
+from modelhost.observability.logs import REQUEST_ID, JsonFormatter, LogFormat, logging_config
+from modelhost.observability.tracing import OtelTracer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 

@@ -21,10 +21,10 @@ import yaml
 from modelhost.app import Services, build_services
 from modelhost.config import DemoSettings, DriftSettings, JobSettings, Settings
 from modelhost.demo import IRIS_FEATURES, IRIS_LABELS
+from modelhost.drift.monitor import OVERALL, DriftMonitor
 from modelhost.errors import InvalidInput
 from modelhost.inference import InferenceEvent, InferenceRequest
 from modelhost.jobs.webhooks import tenant_secret, verify
-from modelhost.monitoring.drift import OVERALL, DriftMonitor
 from modelhost.registry import Stage, VersionInfo
 from tests.jobs.test_webhooks import Receiver, Reply
 

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from modelhost.config import Settings
+from modelhost.drift.store import DriftStore
 from modelhost.errors import describe
 from modelhost.manifest import MonitoringConfig
-from modelhost.monitoring.drift_store import DriftStore
 from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions, now_iso
 from modelhost.webhooks.egress import Egress
 from modelhost.webhooks.signing import webhook_master_secret

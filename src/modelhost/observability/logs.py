@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
-from modelhost.monitoring.tracing import current_ids
+from modelhost.observability.tracing import current_ids
 
 #: The id of the HTTP request being answered, for log lines (set by the request-id middleware).
 REQUEST_ID: ContextVar[str | None] = ContextVar("modelhost_request_id", default=None)

@@ -10,7 +10,7 @@ How it fits together (docs/drift.md):
   version is seen (within a check interval of its push), and kept in ``mh_drift_reference``
   so no process computes them again; ``PUT .../drift/reference`` supplies them instead.
   Every ``check_interval_s`` a background task scores each window against its reference in a
-  thread (:mod:`modelhost.monitoring.drift_stats`), publishes the scores as the
+  thread (:mod:`modelhost.drift.stats`), publishes the scores as the
   ``modelhost_drift_score`` gauge, and acts on a crossing: ``ok → drift`` sends a
   ``drift.alert`` webhook and runs the retraining hooks, ``drift → ok`` sends
   ``drift.resolved``. The crossing is recorded in ``mh_drift_state`` first, so of several
@@ -35,10 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelhost.components import Component
 from modelhost.config import DriftSettings, Settings
-from modelhost.errors import ConfigError, InvalidInput, ModelhostError
-from modelhost.inference import InferenceEvent, InferenceObserver
-from modelhost.monitoring.drift_alerts import ALERT, RESOLVED, AlertOptions, AlertSender
-from modelhost.monitoring.drift_stats import (
+from modelhost.drift.alerts import ALERT, RESOLVED, AlertOptions, AlertSender
+from modelhost.drift.stats import (
     DriftReport,
     DriftStatus,
     ReferenceOptions,
@@ -48,14 +46,16 @@ from modelhost.monitoring.drift_stats import (
     read_items,
     score_window,
 )
-from modelhost.monitoring.drift_store import (
+from modelhost.drift.store import (
     STATE_DRIFT,
     STATE_OK,
     DriftStore,
     StoredReference,
     new_alert_id,
 )
-from modelhost.monitoring.metrics import Metrics
+from modelhost.errors import ConfigError, InvalidInput, ModelhostError
+from modelhost.inference import InferenceEvent, InferenceObserver
+from modelhost.observability.metrics import Metrics
 from modelhost.registry import Registry, Stage, VersionInfo
 from modelhost.serving.models import ModelManager
 
