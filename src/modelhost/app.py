@@ -53,7 +53,7 @@ from modelhost.provenance import ProvenanceComponent, build_provenance
 from modelhost.registry import ArtifactStore, Registry, make_engine
 from modelhost.rollouts.monitor import build_rollouts
 from modelhost.rollouts.promotion import Promoter
-from modelhost.rollouts.shadow import build_shadow
+from modelhost.rollouts.shadow import ShadowRunner, build_shadow
 from modelhost.rollouts.store import RolloutStatsStore, ShadowStore
 from modelhost.runtimes import Runtime
 from modelhost.security.access import AccessControl
@@ -101,6 +101,8 @@ class Services:
     usage: UsageComponent | None
     """None when usage accounting is switched off."""
     feature_store: FeatureStoreComponent
+    shadow: ShadowRunner
+    """Runs shadow versions on copies of answered requests (the plane's shadow sink)."""
     components: list[Component] = field(default_factory=list)
     """Every subsystem with observers or background work (the ones above, rollouts, shadows):
     gathered by :func:`build_components` once the rest exists."""
@@ -242,14 +244,15 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         breakers=Breakers(settings.breaker, metrics),
         handlers=(CascadeHandler(), features.runner),
         cache=build_response_cache(settings, manager),
+        pins=features.controls,
     )
-    plane.router.pins = features.controls
     egress = build_egress(settings, plane.tracer, metrics)
     jobs, worker, bus = build_jobs(settings, registry, plane, egress)
     metrics.watch_jobs(jobs.depth)
     provenance = build_provenance(settings.provenance, registry.engine, plane, metrics.registry)
     feature_store = build_feature_store(settings, manager, metrics, egress, provenance)
-    plane.stored_features = feature_store.online
+    shadow = build_shadow(plane, registry.engine, settings.rollouts)
+    plane.attach(shadow=shadow, stored_features=feature_store.online)
     services = Services(
         settings=settings,
         registry=registry,
@@ -270,6 +273,7 @@ def build_services(settings: Settings, *, tracer: Tracer | None = None) -> Servi
         drift=build_drift(settings, registry, manager, metrics, egress),
         usage=build_usage(settings.usage, registry.engine),
         feature_store=feature_store,
+        shadow=shadow,
     )
     build_components(services)
     return services
@@ -285,8 +289,15 @@ def build_components(services: Services) -> None:
         services.drift,
         *usage,
         services.feature_store,
-        build_rollouts(services),
-        build_shadow(services),
+        build_rollouts(
+            services.settings,
+            services.registry,
+            feedback=services.feedback,
+            promoter=services.promoter,
+            metrics=services.metrics,
+            egress=services.egress,
+        ),
+        services.shadow,
         build_memory(services.settings),
     ]
     for component in services.components:

@@ -212,7 +212,14 @@ def monitor_of(services: Services) -> RolloutMonitor:
     for component in services.components:
         if isinstance(component, RolloutMonitor):
             return component
-    built = build_rollouts(services)
+    built = build_rollouts(
+        services.settings,
+        services.registry,
+        feedback=services.feedback,
+        promoter=services.promoter,
+        metrics=services.metrics,
+        egress=services.egress,
+    )
     assert isinstance(built, RolloutMonitor)
     services.components.append(built)
     services.plane.observers.extend(built.observers())

@@ -442,13 +442,17 @@ async def test_shadow_calls_keep_within_their_share_of_the_time(
 
 
 @pytest.mark.asyncio
-async def test_build_shadow_hangs_a_runner_with_the_settings_on_the_data_plane(
+async def test_the_composition_root_attaches_a_runner_with_the_settings_to_the_plane(
     tmp_path: Path,
 ) -> None:
     services = build_services(settings_for(tmp_path / "home", shadow_examples=7))
     try:
-        runner = build_shadow(services)
+        runner = services.shadow
         assert services.plane.shadow is runner
+        assert services.components.count(runner) == 1  # started and stopped with the rest
+        other = build_shadow(services.plane, services.registry.engine, services.settings.rollouts)
+        assert other is not runner
+        assert services.plane.shadow is runner  # building one attaches nothing
         assert runner.options == RunnerOptions()
         assert (runner.stats.examples, runner.store.examples) == (7, 7)
         await runner.start()

@@ -66,7 +66,8 @@ from modelhost.webhooks.delivery import SignedWebhooks, WebhookOptions
 from modelhost.webhooks.signing import webhook_master_secret
 
 if TYPE_CHECKING:
-    from modelhost.app import Services
+    from modelhost.config import Settings
+    from modelhost.webhooks.egress import Egress
 
 log = logging.getLogger("modelhost.rollouts")
 
@@ -514,23 +515,28 @@ class RolloutMonitor(Component):
         task.add_done_callback(self._sending.discard)
 
 
-def build_rollouts(services: Services) -> Component:
+def build_rollouts(
+    settings: Settings,
+    registry: Registry,
+    *,
+    feedback: FeedbackStore,
+    promoter: Promoter,
+    metrics: Metrics,
+    egress: Egress,
+) -> Component:
     """The rollout component of a server or worker process."""
-    settings = services.settings
     rollouts = settings.rollouts
-    stats = RolloutStats(
-        RolloutStatsStore(services.registry.engine), retention_s=rollouts.stats_retention_s
-    )
+    stats = RolloutStats(RolloutStatsStore(registry.engine), retention_s=rollouts.stats_retention_s)
     alerts = SignedWebhooks(
-        services.egress,
+        egress,
         WebhookOptions(master_secret=webhook_master_secret(settings), tenant=rollouts.alert_tenant),
     )
     return RolloutMonitor(
-        services.registry,
+        registry,
         stats,
-        feedback=services.feedback,
-        promoter=services.promoter,
-        metrics=services.metrics,
+        feedback=feedback,
+        promoter=promoter,
+        metrics=metrics,
         settings=rollouts,
         alerts=alerts,
     )

@@ -77,7 +77,8 @@ from modelhost.serving.models import Deployment, ModelState
 from modelhost.serving.router import Route, ShadowSink
 
 if TYPE_CHECKING:
-    from modelhost.app import Services
+    from sqlalchemy.engine import Engine
+
     from modelhost.inference import InferenceRequest
     from modelhost.serving.dataplane import DataPlane
 
@@ -568,12 +569,9 @@ class ShadowRunner(ShadowSink, Component):
         )
 
 
-def build_shadow(services: Services) -> ShadowRunner:
-    """The shadow runner of a server or worker process, set as its data plane's shadow sink
-    (a component: the composition root starts and stops it)."""
-    rollouts = services.settings.rollouts
-    store = ShadowStore(services.registry.engine, examples=rollouts.shadow_examples)
+def build_shadow(plane: DataPlane, engine: Engine, rollouts: RolloutSettings) -> ShadowRunner:
+    """The shadow runner of a server or worker process over ``plane`` (a component: the
+    composition root attaches it to the plane as its shadow sink, starts and stops it)."""
+    store = ShadowStore(engine, examples=rollouts.shadow_examples)
     options = RunnerOptions(max_share=rollouts.shadow_share, workers=rollouts.shadow_workers)
-    runner = ShadowRunner(services.plane, store, rollouts, options=options)
-    services.plane.shadow = runner
-    return runner
+    return ShadowRunner(plane, store, rollouts, options=options)

@@ -57,7 +57,7 @@ from modelhost.serving.handlers import Composed, Handler
 from modelhost.serving.many import ManyRun
 from modelhost.serving.models import Deployment, ModelManager
 from modelhost.serving.pools import InferencePools
-from modelhost.serving.router import Route, Router, ShadowSink
+from modelhost.serving.router import Route, Router, ShadowSink, TenantPins
 from modelhost.serving.streaming import generate_whole, open_stream
 from modelhost.serving.validation import check_value
 
@@ -117,6 +117,7 @@ class DataPlane:
         handlers: Iterable[Handler] = (),
         cache: ResponseCache | None = None,
         stored_features: OnlineFeatures | None = None,
+        pins: TenantPins | None = None,
     ) -> None:
         self.manager = manager
         self.breakers = breakers if breakers is not None else Breakers(metrics=metrics)
@@ -127,7 +128,7 @@ class DataPlane:
         self.default_timeout_s = default_timeout_s
         self.default_max_request_bytes = default_max_request_bytes
         self.metrics = metrics if metrics is not None else Metrics()
-        self.router = Router(manager)
+        self.router = Router(manager, pins)
         self.handlers: dict[RuntimeKind, Handler] = {h.kind: h for h in handlers}
         """The handlers of composite versions, by runtime kind; a composite version with
         none is refused as not servable."""
@@ -136,13 +137,24 @@ class DataPlane:
         self.stored_features = stored_features
         """Reads stored features for versions with a ``feature_store`` (None: off)."""
         self.shadow: ShadowSink | None = None
-        """Runs shadow versions on copies of answered requests (attached by the rollouts
-        component, which runs them through this plane); None: shadows are not run."""
+        """Runs shadow versions on copies of answered requests (see :meth:`attach`); None:
+        shadows are not run."""
         self.pools = InferencePools(
             {Lane.PREDICT: threads, Lane.GENERATE: generate_threads, Lane.REMOTE: remote_threads}
         )
         """One thread pool per :class:`~modelhost.runtimes.Lane`: a call queues only behind
         calls of its own kind, so a cheap model never waits for a long generation."""
+
+    def attach(
+        self, *, shadow: ShadowSink | None = None, stored_features: OnlineFeatures | None = None
+    ) -> None:
+        """Hand over the collaborators that are built after the plane because they call it
+        (the shadow runner runs shadow versions through it; the feature store's provenance
+        observes it). Only the composition root calls this, once, before serving."""
+        if shadow is not None:
+            self.shadow = shadow
+        if stored_features is not None:
+            self.stored_features = stored_features
 
     # -- the sync path ---------------------------------------------------------------------
 
@@ -314,7 +326,7 @@ class DataPlane:
             currency=charged.currency,
             saved=float(cached["cost"]) if cached.get("cost") is not None else None,
         )
-        self.answered(admitted)
+        self.count_answer(admitted)
         results = lookup.results or []
         if self.observers:
             decisions = request.noted(admitted.route, cache=f"{lookup.kind}:hit")
@@ -354,7 +366,7 @@ class DataPlane:
             self.price(served, prediction.usage, items, compute)
         await self.charge(admitted.principal, served, prediction.usage, items)
         self.breakers.succeeded(served)
-        self.answered(admitted)
+        self.count_answer(admitted)
         if self.observers:
             self.emit(
                 InferenceEvent.ended(
@@ -384,7 +396,7 @@ class DataPlane:
         composed: Composed = await handler.answer(self, admitted)
         key, decision = composed.decision
         self.breakers.succeeded(info)
-        self.answered(admitted)
+        self.count_answer(admitted)
         self.emit(
             InferenceEvent.ended(
                 request,
@@ -406,7 +418,7 @@ class DataPlane:
         await self.keep(admitted.lookup, response)
         return response
 
-    def answered(self, admitted: Admitted) -> None:
+    def count_answer(self, admitted: Admitted) -> None:
         """Count an answered request in its version's metrics."""
         info = admitted.info
         self.metrics.deployment(info.model, info.version, admitted.request.protocol).answered(

@@ -104,10 +104,10 @@ def sticky_key(spec: DeploymentSpec, request: InferenceRequest) -> str:
 class Router:
     """Chooses the version of each request from the deployments the manager holds."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, pins: TenantPins | None = None) -> None:
         self.manager = manager
-        self.pins: TenantPins | None = None
-        """Tenant pins (set by the features component); a version named by the caller wins."""
+        self.pins = pins
+        """Tenant pins (the features component's); a version named by the caller wins."""
 
     async def route(self, request: InferenceRequest) -> Route:
         """The version ``request`` goes to, and the shadows that get a copy.
