@@ -103,10 +103,9 @@ def serve(port: int, gate: bool) -> None:
 def prepare(root: Path, control: bool = False) -> dict[str, Path]:
     """The two homes: the same versions; the shadow home's deployment names 1.0.1 (unless
     ``control``: then the two are the same, an A/A run)."""
-    from modelhost.app import build_registry
     from modelhost.config import Settings
     from modelhost.demo import build_iris
-    from modelhost.registry import Stage
+    from modelhost.registry import Stage, build_registry
 
     built = root / "built"
     (v100,) = build_iris(built)[:1]

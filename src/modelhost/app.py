@@ -50,7 +50,7 @@ from modelhost.memory import build_memory
 from modelhost.observability.metrics import Metrics
 from modelhost.observability.tracing import Tracer, build_tracer
 from modelhost.provenance import ProvenanceComponent, build_provenance
-from modelhost.registry import ArtifactStore, Registry, make_engine
+from modelhost.registry import Registry, build_registry
 from modelhost.rollouts.monitor import build_rollouts
 from modelhost.rollouts.promotion import Promoter
 from modelhost.rollouts.shadow import ShadowRunner, build_shadow
@@ -106,14 +106,6 @@ class Services:
     components: list[Component] = field(default_factory=list)
     """Every subsystem with observers or background work (the ones above, rollouts, shadows):
     gathered by :func:`build_components` once the rest exists."""
-
-
-def build_registry(settings: Settings) -> Registry:
-    """The registry over the configured database and the artifact store under ``home``."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Registry(
-        make_engine(settings.resolved_database_url), ArtifactStore(settings.artifact_dir)
-    )
 
 
 class DetectorProvider:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from modelhost.app import Services, build_registry, build_services, close_services
+from modelhost.app import Services, build_services, close_services
 from modelhost.config import CacheSettings, DemoSettings, RolloutSettings, Settings
 from modelhost.inference import (
     InferenceEvent,
@@ -24,7 +24,7 @@ from modelhost.inference import (
     InferenceResponse,
 )
 from modelhost.manifest import Task
-from modelhost.registry import Registry, Stage
+from modelhost.registry import Registry, Stage, build_registry
 from modelhost.rollouts.shadow import (
     RunnerOptions,
     ShadowRunner,

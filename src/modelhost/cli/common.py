@@ -158,8 +158,8 @@ def actor() -> str:
 
 def local_registry() -> Registry:
     """The registry of this machine's settings (``MODELHOST_HOME``, ``MODELHOST_DATABASE_URL``)."""
-    from modelhost.app import build_registry
     from modelhost.config import Settings
+    from modelhost.registry import build_registry
 
     return build_registry(Settings())
 

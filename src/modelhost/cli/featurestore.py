@@ -62,7 +62,7 @@ def _manifest(model: str, settings: Settings) -> ModelManifest:
     path = Path(model)
     if (path / MANIFEST_FILE).is_file():
         return load_manifest(path, artifacts=False)
-    from modelhost.app import build_registry
+    from modelhost.registry import build_registry
 
     name, _, version = model.partition("@")
     registry = build_registry(settings)

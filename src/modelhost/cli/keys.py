@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _key_store() -> KeyStore:
-    from modelhost.app import build_registry
     from modelhost.config import Settings
+    from modelhost.registry import build_registry
     from modelhost.security.keys import KeyStore
 
     return KeyStore(build_registry(Settings()).engine)

@@ -17,6 +17,7 @@ from modelhost.registry.service import (
     Registry,
     Stage,
     VersionInfo,
+    build_registry,
     resolve_in,
     storable,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Stage",
     "Sticky",
     "VersionInfo",
+    "build_registry",
     "make_engine",
     "resolve_in",
     "storable",

@@ -14,10 +14,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelhost.config import Settings
 from modelhost.errors import Conflict, InvalidInput, ModelNotFound, VersionNotFound
 from modelhost.manifest import ModelManifest, load_manifest, parse_manifest
 from modelhost.registry.artifacts import ArtifactStore
-from modelhost.registry.db import AliasRow, HistoryRow, ModelRow, VersionRow
+from modelhost.registry.db import AliasRow, HistoryRow, ModelRow, VersionRow, make_engine
 from modelhost.registry.deployments import Deployments
 
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -391,4 +392,13 @@ def resolve_in(info: ModelInfo, selector: str | None) -> VersionInfo:
         f"model {info.name!r} has no version, alias or stage {selector!r}; versions: "
         f"{', '.join(v.version for v in info.versions) or 'none'}",
         param="version",
+    )
+
+
+def build_registry(settings: Settings) -> Registry:
+    """The registry over the configured database and the artifact store under ``home``
+    (what the server, the worker and every ``modelhost`` command open)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Registry(
+        make_engine(settings.resolved_database_url), ArtifactStore(settings.artifact_dir)
     )
