@@ -12,8 +12,10 @@ import pytest
 import pytest_asyncio
 
 from modelhost.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from modelhost.inference import InferenceRequest
 from modelhost.registry import ArtifactStore, Registry, Stage, make_engine
 from modelhost.serving.models import Deployment, ModelManager, ModelState
+from modelhost.serving.router import Router
 from tests.conftest import write_python_model
 
 
@@ -173,3 +175,33 @@ async def test_archived_versions_unload_unless_a_deployment_keeps_them_warm(
     finally:
         await manager.close()
         registry.engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_in_the_middle_of_a_push_leaves_no_stale_answer(
+    manager: ModelManager, registry: Registry, tmp_path: Path
+) -> None:
+    """``models push --stage production`` registers the version (staging), then moves it: a
+    refresh between the two commits saw a model with no production version, and a request
+    right after the push got 404 until the next periodic refresh (run 1 of session 9)."""
+    directory = write_python_model(tmp_path, "fresh")
+    registry.push(directory, actor="t", stage=Stage.STAGING)  # the first commit of the push
+    await manager.refresh(load=False)  # the periodic refresh lands here
+    registry.set_stage("fresh", "1.0.0", Stage.PRODUCTION, actor="t")  # the second commit
+    info = await manager.resolve("fresh", None)
+    assert info.stage is Stage.PRODUCTION
+    route = await Router(manager).route(InferenceRequest(model="fresh", inputs=[]))
+    assert route.info.ref == "fresh@1.0.0"
+    with pytest.raises(VersionNotFound):
+        await manager.resolve("fresh", "2.0.0")  # a real miss is still one
+
+
+@pytest.mark.asyncio
+async def test_the_router_re_reads_the_registry_once_after_a_stale_miss(
+    manager: ModelManager, registry: Registry, tmp_path: Path
+) -> None:
+    registry.push(write_python_model(tmp_path, "later"), actor="t", stage=Stage.STAGING)
+    await manager.refresh(load=False)
+    registry.set_stage("later", "1.0.0", Stage.PRODUCTION, actor="t")
+    route = await Router(manager).route(InferenceRequest(model="later", inputs=[]))
+    assert route.info.stage is Stage.PRODUCTION

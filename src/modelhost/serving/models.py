@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 
-from modelhost.errors import ModelhostError, ModelNotFound, ModelNotReady
+from modelhost.errors import ModelhostError, ModelNotFound, ModelNotReady, VersionNotFound
 from modelhost.registry import (
     DeploymentSpec,
     ModelInfo,
@@ -175,8 +175,20 @@ class ModelManager:
         return found
 
     async def resolve(self, name: str, selector: str | None) -> VersionInfo:
-        """The version a request means (see :func:`modelhost.registry.resolve_in`)."""
-        return resolve_in(await self.model(name), selector)
+        """The version a request means (see :func:`modelhost.registry.resolve_in`); a miss
+        re-reads the registry once, as :meth:`model` does: a refresh that ran in the middle of
+        a push (the version registered, its stage not yet set) leaves no stale answer.
+
+        Raises:
+            ModelNotFound: not registered.
+            VersionNotFound: nothing matches ``selector``, after the re-read.
+        """
+        try:
+            return resolve_in(await self.model(name), selector)
+        except VersionNotFound:
+            if not await self.refresh():
+                raise
+            return resolve_in(await self.model(name), selector)
 
     def deployment(self, ref: str) -> Deployment | None:
         """The deployment of ``name@version``, if this server knows it."""

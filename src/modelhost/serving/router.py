@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from modelhost.errors import VersionNotFound
 from modelhost.registry import DeploymentSpec, ModelInfo, Sticky, VersionInfo, resolve_in
 from modelhost.serving.models import ModelState
 
@@ -113,8 +114,17 @@ class Router:
         """The version ``request`` goes to, and the shadows that get a copy.
 
         Raises:
-            ModelNotFound, VersionNotFound: as :meth:`ModelManager.resolve`.
+            ModelNotFound, VersionNotFound: as :meth:`ModelManager.resolve` (which re-reads
+                the registry once on a miss, as this does).
         """
+        try:
+            return await self._route(request)
+        except VersionNotFound:
+            if not await self.manager.refresh():
+                raise
+            return await self._route(request)
+
+    async def _route(self, request: InferenceRequest) -> Route:
         model = await self.manager.model(request.model)
         if request.version is not None:
             return Route(resolve_in(model, request.version), Arm.PINNED)
