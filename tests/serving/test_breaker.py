@@ -56,7 +56,7 @@ def breakers(clock: FakeClock, metrics: Metrics) -> Breakers:
 
 
 def _gauge(metrics: Metrics, info: VersionInfo) -> float:
-    return metrics.circuit_state.labels(info.model, info.version)._value.get()  # type: ignore[no-any-return]
+    return metrics.circuit_state.labels(info.model, info.version)._value.get()  # type: ignore[no-any-return]  # prometheus_client's sample value is untyped
 
 
 def test_which_failures_are_the_models_fault() -> None:

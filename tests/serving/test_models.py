@@ -33,10 +33,14 @@ async def manager(registry: Registry) -> AsyncIterator[ModelManager]:
     registry.engine.dispose()
 
 
-def _push(registry: Registry, root: Path, name: str, version: str = "1.0.0", **kw: object) -> None:
-    stage = kw.pop("stage", Stage.PRODUCTION)
-    directory = write_python_model(root, name, version, **kw)  # type: ignore[arg-type]
-    registry.push(directory, actor="t", stage=stage)  # type: ignore[arg-type]
+def _push(
+    registry: Registry,
+    root: Path,
+    name: str,
+    version: str = "1.0.0",
+    stage: Stage = Stage.PRODUCTION,
+) -> None:
+    registry.push(write_python_model(root, name, version), actor="t", stage=stage)
 
 
 @pytest.mark.asyncio

@@ -172,7 +172,7 @@ async def test_a_consumer_that_leaves_early_stops_the_generation(services: Servi
     _, chunks = await services.plane.stream(_request("words", " ".join(["w"] * 50)))
     first = await anext(chunks)
     assert first.text == "w "
-    await chunks.aclose()  # type: ignore[attr-defined]
+    await chunks.aclose()  # type: ignore[attr-defined]  # DataPlane.stream types it AsyncIterator; it is a generator
     (event,) = recorder.events
     assert event.error is not None  # a stream the caller left is not an answer
     # the pool is free again: another stream runs to its end
