@@ -193,8 +193,11 @@ def check_shape(shape: Any, param: str) -> list[int]:
     return list(shape)
 
 
-def _count_error(param: str, shape: list[int], datatype: str, got: int, unit: str) -> InvalidInput:
-    want = math.prod(shape)
+def _count_error(
+    param: str, shape: list[int], datatype: str, got: int, unit: str, size: int = 1
+) -> InvalidInput:
+    """``size``: the units one element takes (its byte width when counting bytes)."""
+    want = math.prod(shape) * size
     return InvalidInput(
         f"{param}: shape {shape} of {datatype} needs {want} {unit} but the data holds {got}",
         param=param,
@@ -301,7 +304,9 @@ def tensor_from_bytes(
         array = deserialize_bytes(raw, count, f"{param} binary data")
     else:
         if len(raw) != count * dtype.itemsize:
-            raise _count_error(f"{param} binary data", shape, datatype, len(raw), "bytes")
+            raise _count_error(
+                f"{param} binary data", shape, datatype, len(raw), "bytes", dtype.itemsize
+            )
         array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     return Tensor(name=name, datatype=datatype, shape=shape, data=array.reshape(shape))
 
