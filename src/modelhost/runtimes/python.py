@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,20 +25,30 @@ def _installed_prefixes() -> tuple[str, ...]:
     return tuple(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
+#: Model versions load on several threads at once; their imports edit ``sys.path`` and
+#: ``sys.modules`` and must not interleave.
+_IMPORTING = threading.Lock()
+
+
 def _import_fresh(module_name: str, root: str) -> Any:
     """Import ``module_name`` from ``root``, even if another model version's module of the same
-    name was imported before (two versions commonly ship the same ``model.py``)."""
+    name was imported before (two versions commonly ship the same ``model.py``).
+
+    ``sys.modules`` is copied before it is scanned: another thread importing anything at the
+    same time would otherwise fail the scan with "dictionary changed size during iteration"
+    (seen under CPU load as a python model that failed to load)."""
     top = module_name.split(".")[0]
     installed = _installed_prefixes()
-    for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
-        origin = getattr(sys.modules[name], "__file__", None) or ""
-        if origin and not origin.startswith(root) and not origin.startswith(installed):
-            del sys.modules[name]
-    if root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-    importlib.invalidate_caches()
-    return importlib.import_module(module_name)
+    with _IMPORTING:
+        for name in [n for n in list(sys.modules) if n == top or n.startswith(f"{top}.")]:
+            origin = getattr(sys.modules.get(name), "__file__", None) or ""
+            if origin and not origin.startswith(root) and not origin.startswith(installed):
+                sys.modules.pop(name, None)
+        if root in sys.path:
+            sys.path.remove(root)
+        sys.path.insert(0, root)
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)
 
 
 class PythonRuntime(Runtime):
