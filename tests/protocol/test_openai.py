@@ -141,6 +141,10 @@ def test_a_content_part_that_is_not_text_is_refused_by_position() -> None:
 
 
 def test_chat_parameters_prefer_max_completion_tokens_and_keep_the_response_format() -> None:
+    schema_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object"}},
+    }
     body = parse_body(
         ChatCompletionRequest,
         {
@@ -150,10 +154,7 @@ def test_chat_parameters_prefer_max_completion_tokens_and_keep_the_response_form
             "temperature": 0,
             "seed": 3,
             "stop": "\n",
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object"}},
-            },
+            "response_format": schema_format,
         },
     )
     assert body.parameters() == {
@@ -161,10 +162,7 @@ def test_chat_parameters_prefer_max_completion_tokens_and_keep_the_response_form
         "temperature": 0,
         "seed": 3,
         "stop": "\n",
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "x", "schema": {"type": "object"}},
-        },
+        "response_format": schema_format,
     }
     assert parse_body(ChatCompletionRequest, {**CHAT, "stop": []}).parameters() == {}
 
